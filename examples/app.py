@@ -1,0 +1,54 @@
+"""The jobs of the articles behind outlast, served by one app.
+
+    outlast serve examples.app:ot
+
+- `GET /payload?delay=40`: a plain-looking endpoint that takes `delay` seconds.
+  `curl -L` gets its answer through the 303 chain, whatever the gateway.
+- `POST /jobs/report` with `{"delay": 2000, "rows": 500}`: waits `delay`
+  milliseconds, builds `rows` dummy rows, returns a summary, with progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from outlast import JobContext, Outlast
+
+ot = Outlast()
+
+
+@ot.long_running("/payload")
+async def payload(delay: Annotated[float, Field(ge=0, le=3600)] = 60) -> dict[str, str]:
+    """Sleep `delay` seconds, then say so."""
+    await asyncio.sleep(delay)
+    return {"MESSAGE": f"It took {delay:g} seconds to generate this."}
+
+
+@ot.job()
+async def report(
+    ctx: JobContext,
+    delay: Annotated[float, Field(ge=0, le=3_600_000, description="milliseconds to wait")] = 2000,
+    rows: Annotated[int, Field(ge=0, le=1_000_000, description="rows to build")] = 500,
+) -> dict[str, Any]:
+    """Wait `delay` ms, build `rows` dummy rows, and summarise them."""
+    steps = 20
+    for step in range(steps):
+        await asyncio.sleep(delay / 1000 / steps)
+        ctx.progress(step + 1, steps, "waiting for the data")
+    rng = random.Random(rows)
+    amounts = [round(rng.uniform(1, 1000), 2) for _ in range(rows)]
+    ctx.log(f"built {rows} rows")
+    return {
+        "rows": rows,
+        "total": round(sum(amounts), 2),
+        "mean": round(statistics.fmean(amounts), 2) if amounts else None,
+        "max": max(amounts, default=None),
+    }
+
+
+app = ot.app()

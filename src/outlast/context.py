@@ -1,0 +1,132 @@
+"""`JobContext`: what a running job sees of outlast (progress, logs, cancellation).
+
+Its methods never block and work the same from async jobs (on the event loop)
+and sync jobs (in a thread). Reports are coalesced: the latest progress and the
+log lines gathered since the last write go to the store in one write at most
+every `FLUSH_INTERVAL_S`, so a job may report progress a million times without
+flooding the store or its watchers. The last progress is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+from outlast.exceptions import Cancelled
+
+FLUSH_INTERVAL_S = 0.1
+MAX_PENDING_LOGS = 1000
+MAX_MESSAGE_CHARS = 4000
+LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+
+Write = Callable[[list[tuple[str, dict[str, Any]]], dict[str, Any] | None], Awaitable[bool]]
+
+
+class _Done:
+    """What `progress()` and `log()` return: may be awaited, or ignored."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return (yield from ())
+
+
+DONE = _Done()
+
+
+class JobContext:
+    """Handed to a job whose signature asks for it (`ctx: JobContext`)."""
+
+    def __init__(self, *, job_id: str, name: str, attempt: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.attempt = attempt
+        self._loop = loop
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._progress: dict[str, Any] | None = None
+        self._logs: list[dict[str, Any]] = []
+        self._dropped_logs = 0
+        self._dirty = asyncio.Event()
+
+    # -- for the job's code ------------------------------------------------------
+
+    def progress(self, current: float, total: float | None = None, message: str | None = None) -> _Done:
+        """Report how far the job has come, e.g. `ctx.progress(3, 10, "aggregating")`."""
+        progress: dict[str, Any] = {"current": current, "total": total, "message": _clip(message)}
+        with self._lock:
+            self._progress = progress
+        self._mark_dirty()
+        return DONE
+
+    def log(self, message: str, level: str = "info") -> _Done:
+        """Add a line to the job's event log (`debug`, `info`, `warning` or `error`)."""
+        if level not in LOG_LEVELS:
+            raise ValueError(f"level must be one of {sorted(LOG_LEVELS)}, not {level!r}")
+        with self._lock:
+            if len(self._logs) < MAX_PENDING_LOGS:
+                self._logs.append({"level": level, "message": _clip(str(message))})
+            else:
+                self._dropped_logs += 1
+        self._mark_dirty()
+        return DONE
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation of this job was asked for. Sync jobs should check it."""
+        return self._cancelled.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Stop here (raising `Cancelled`) if cancellation was asked for."""
+        if self.cancelled:
+            raise Cancelled()
+
+    # -- for the runner ------------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._dirty.set()
+        else:
+            self._loop.call_soon_threadsafe(self._dirty.set)
+
+    def _take(self) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any] | None]:
+        with self._lock:
+            progress, logs, dropped = self._progress, self._logs, self._dropped_logs
+            self._progress, self._logs, self._dropped_logs = None, [], 0
+        events: list[tuple[str, dict[str, Any]]] = [("log", line) for line in logs]
+        if dropped:
+            events.append(("log", {"level": "warning", "message": f"{dropped} log lines dropped (too many, too fast)"}))
+        if progress is not None:
+            events.append(("progress", progress))
+        return events, progress
+
+    async def _flush(self, write: Write) -> bool:
+        """Write what was reported since the last flush; False if the lease is lost."""
+        self._dirty.clear()
+        events, progress = self._take()
+        if not events:
+            return True
+        return await write(events, progress)
+
+    async def _flush_loop(self, write: Write) -> None:
+        """Run beside the job: flush at most every FLUSH_INTERVAL_S while it runs."""
+        while True:
+            await self._dirty.wait()
+            if not await self._flush(write):
+                return
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+
+    def _cancel(self) -> None:
+        self._cancelled.set()
+
+
+def _clip(message: str | None) -> str | None:
+    if message is None or len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "…"

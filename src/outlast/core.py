@@ -1,0 +1,246 @@
+"""`Outlast`: settings, the job registry, the store and the runner, in one object."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from outlast.exceptions import ConfigError, JobNotFound, UnknownJobName
+from outlast.jobs import Job, JobStatus
+from outlast.registry import JobDefinition
+from outlast.runner import Runner
+from outlast.settings import Settings
+from outlast.stores import JobStore, ListQuery, Page, open_store
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.routing import BaseRoute
+    from starlette.types import ASGIApp
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Outlast:
+    """Long-running jobs behind any gateway.
+
+        ot = Outlast(store="sqlite:///outlast.db", gateway_timeout=29)
+
+        @ot.job()
+        async def report(ctx: JobContext, delay: float = 5) -> dict: ...
+
+        app = ot.app()
+
+    Keywords are the settings of PROTOCOL.md ("Settings"); `OUTLAST_*`
+    variables override them, and the command line overrides both.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = Settings.load(settings)
+        self.registry: dict[str, JobDefinition] = {}
+        # Long-running routes declared with a path, served by `ot.app()`.
+        self.routes: list[BaseRoute] = []
+        # Where the protocol's routes are, relative to the app's root.
+        self.mount_path = ""
+        self._store: JobStore | None = None
+        self._runner: Runner | None = None
+        self._started = 0
+
+    # -- configuration -------------------------------------------------------------
+
+    def configure(self, **flags: Any) -> None:
+        """Apply settings on top of the current ones (the CLI's flags do this)."""
+        if self._store is not None:
+            raise ConfigError("settings cannot change while outlast is running")
+        self.settings = self.settings.with_flags(flags)
+
+    def job(
+        self,
+        name: str | None = None,
+        *,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retry_on: Sequence[type[BaseException]] = (),
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        retention: float | None = None,
+    ) -> Callable[[F], F]:
+        """Register a function (async or sync) as a job, under its own name by default.
+
+        Its parameters are the job's input, validated by pydantic from their
+        annotations; a parameter annotated `JobContext` receives the context.
+        `timeout` fails an attempt that runs longer (seconds); `retry_on` lists
+        exceptions that make the job run again, with exponential `backoff`.
+        """
+
+        def register(fn: F) -> F:
+            self.add_job(
+                JobDefinition.from_function(
+                    fn,
+                    name=name,
+                    timeout_s=timeout,
+                    max_attempts=max_attempts,
+                    retry_on=tuple(retry_on),
+                    backoff_s=backoff,
+                    backoff_max_s=backoff_max,
+                    retention_s=retention,
+                )
+            )
+            return fn
+
+        return register
+
+    def add_job(self, definition: JobDefinition) -> None:
+        existing = self.registry.get(definition.name)
+        if existing is not None and existing.fn is not definition.fn:
+            raise ConfigError(f"a job named {definition.name!r} is already registered")
+        self.registry[definition.name] = definition
+
+    def definition(self, name: str) -> JobDefinition:
+        try:
+            return self.registry[name]
+        except KeyError:
+            raise UnknownJobName(f"no job is named {name!r}") from None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise ConfigError("outlast is not started: use `async with ot.lifespan():` or serve `ot.app()`")
+        return self._store
+
+    async def start(self, *, workers: int | None = None) -> None:
+        """Open the store and start the embedded workers (`workers` overrides the setting)."""
+        self._started += 1
+        if self._started > 1:
+            return
+        store = open_store(self.settings.store)
+        await store.open()
+        self._store = store
+        concurrency = self.settings.workers if workers is None else workers
+        self._runner = Runner(store, self.registry, concurrency=concurrency, lease_s=self.settings.lease)
+        await self._runner.start()
+
+    async def stop(self) -> None:
+        self._started -= 1
+        if self._started > 0:
+            return
+        if self._runner is not None:
+            await self._runner.stop()
+            self._runner = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, *, workers: int | None = None) -> AsyncIterator[Outlast]:
+        await self.start(workers=workers)
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        name: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Validate `input` and queue a job; returns it and whether it is new.
+
+        Raises `UnknownJobName`, `InvalidInput`, or `IdempotencyConflict`.
+        """
+        definition = self.definition(name)
+        validated = definition.validate(dict(input or {}))
+        job = Job.new(
+            name,
+            validated,
+            max_attempts=definition.max_attempts or self.settings.max_attempts,
+            retention_s=self.settings.retention if definition.retention_s is None else definition.retention_s,
+            timeout_s=definition.timeout_s,
+            owner=owner,
+            idempotency_key=idempotency_key,
+        )
+        return await self.store.create(job)
+
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job has the id {job_id!r}")
+        return job
+
+    async def wait(self, job_id: str, timeout_s: float) -> Job:
+        """The job once it is terminal, or as it is after `timeout_s`.
+
+        Woken by the store's notifications, never by polling.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self.store.hub.listen(job_id) as listener:
+            job = await self.get(job_id)
+            while not job.is_terminal:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await listener.wait(remaining):
+                    break
+                events = listener.drain()
+                if listener.lagged or any(e.type == "status" for e in events):
+                    job = await self.get(job_id)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.store.request_cancel(job_id)
+        if job is None:
+            raise JobNotFound(f"no job has the id {job_id!r}")
+        return job
+
+    async def delete(self, job_id: str) -> None:
+        if not await self.store.delete(job_id):
+            raise JobNotFound(f"no job has the id {job_id!r}")
+
+    async def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        return await self.store.list(ListQuery(status=status, name=name, owner=owner, limit=limit, cursor=cursor))
+
+    # -- the web edge ------------------------------------------------------------------
+
+    def app(self, **starlette_options: Any) -> Starlette:
+        """An ASGI app serving the protocol's routes, which starts and stops outlast."""
+        from outlast.http import build_app
+
+        return build_app(self, **starlette_options)
+
+    def mount(self, app: ASGIApp, path: str = "") -> None:
+        """Add the protocol's routes (under `path`) to an existing Starlette or FastAPI app."""
+        from outlast.http import mount
+
+        mount(self, app, path)
+
+    def long_running(
+        self,
+        path: str | None = None,
+        *,
+        methods: Sequence[str] = ("GET",),
+        name: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+    ) -> Callable[[F], F]:
+        """Make an endpoint long-running (PROTOCOL.md, "Long-running routes").
+
+        With `path`, the route is added to `ot.app()`; without, decorate an
+        endpoint of your own Starlette or FastAPI app.
+        """
+        from outlast.long_running import long_running
+
+        return long_running(self, path, methods=methods, name=name, timeout=timeout, max_attempts=max_attempts)

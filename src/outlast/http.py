@@ -1,0 +1,246 @@
+"""The HTTP edge: the protocol's routes on Starlette (PROTOCOL.md, "Endpoints")."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
+
+from outlast.exceptions import ConfigError
+from outlast.jobs import Job, JobStatus
+from outlast.prefer import idempotency_key, int_param, json_object, preferences
+from outlast.problems import HTTPProblem, from_exception, problem
+from outlast.stores.base import MAX_LIST_LIMIT
+
+if TYPE_CHECKING:
+    from outlast.core import Outlast
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def answers_problems(endpoint: Endpoint) -> Endpoint:
+    """Turn any exception of an endpoint into its problem response."""
+
+    @functools.wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:
+            return from_exception(exc)
+
+    return wrapper
+
+
+def job_url(base: str, job_id: str, suffix: str = "") -> str:
+    return f"{base.rstrip('/')}/jobs/{job_id}{suffix}"
+
+
+def job_json(base: str, job: Job) -> dict[str, Any]:
+    """The protocol's job object, with links under `base`."""
+    body = job.to_public()
+    url = job_url(base, job.id)
+    body["links"] = {"self": url, "result": f"{url}/result", "events": f"{url}/events", "cancel": f"{url}/cancel"}
+    return body
+
+
+def retry_after(job: Job) -> str:
+    """Seconds a client should wait before asking again: longer for older jobs."""
+    age_s = time.time() - job.created_at
+    return str(max(1, min(10, math.ceil(age_s / 10))))
+
+
+class Edge:
+    """The protocol's endpoints for one `Outlast`.
+
+    Links are made from the request's `root_path`, which a `Mount` (or a proxy
+    that sets it) extends: they stay right wherever the routes are mounted.
+    """
+
+    def __init__(self, ot: Outlast) -> None:
+        self.ot = ot
+
+    def routes(self) -> list[BaseRoute]:
+        e = answers_problems
+        return [
+            Route("/jobs", e(self.list_jobs), methods=["GET"]),
+            Route("/jobs/{name}", e(self.submit), methods=["POST"]),
+            Route("/jobs/{job_id}", e(self.status), methods=["GET"]),
+            Route("/jobs/{job_id}", e(self.delete), methods=["DELETE"]),
+            Route("/jobs/{job_id}/result", e(self.result), methods=["GET"]),
+            Route("/jobs/{job_id}/cancel", e(self.cancel), methods=["POST"]),
+            Route("/healthz", e(self.healthz), methods=["GET"]),
+        ]
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def job_url(self, request: Request, job_id: str, suffix: str = "") -> str:
+        return job_url(request.scope.get("root_path", ""), job_id, suffix)
+
+    def job_json(self, request: Request, job: Job) -> dict[str, Any]:
+        return job_json(request.scope.get("root_path", ""), job)
+
+    def accepted(self, request: Request, job: Job, extra: dict[str, str] | None = None) -> JSONResponse:
+        headers = {"Location": self.job_url(request, job.id), "Retry-After": retry_after(job), **(extra or {})}
+        return JSONResponse(self.job_json(request, job), status_code=202, headers=headers)
+
+    async def load(self, request: Request) -> Job:
+        return await self.ot.get(request.path_params["job_id"])
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        self.ot.definition(name)  # 404 for an unknown name, before reading the body
+        key = idempotency_key(request)
+        prefs = preferences(request)
+        body = await json_object(request, self.ot.settings.max_body)
+        job, _ = await self.ot.submit(name, body, idempotency_key=key)
+        if prefs.wait_s is not None:
+            wait_s = prefs.wait_s
+        else:
+            wait_s = 0.0 if prefs.respond_async else self.ot.settings.default_wait
+        return await self.settle(request, job, wait_s, respond_async=prefs.respond_async)
+
+    async def settle(self, request: Request, job: Job, wait_s: float, *, respond_async: bool) -> Response:
+        """200 with the job if it ends within the wait (capped at the hold), else 202."""
+        wait_s = min(wait_s, self.ot.settings.hold_s)
+        if wait_s > 0 and not job.is_terminal:
+            job = await self.ot.wait(job.id, wait_s)
+        if job.is_terminal and not (respond_async and wait_s == 0):
+            headers = {"Preference-Applied": f"wait={wait_s:g}"} if wait_s > 0 else {}
+            return JSONResponse(self.job_json(request, job), headers=headers)
+        extra = {"Preference-Applied": "respond-async"} if respond_async else {}
+        return self.accepted(request, job, extra)
+
+    async def status(self, request: Request) -> Response:
+        job = await self.load(request)
+        wait_s = min(preferences(request).wait_s or 0.0, self.ot.settings.hold_s)
+        if wait_s > 0 and not job.is_terminal:
+            job = await self.ot.wait(job.id, wait_s)
+        return JSONResponse(self.job_json(request, job))
+
+    async def result(self, request: Request) -> Response:
+        job = await self.load(request)
+        hop = int_param(request, "hop", 0, 0, 1_000_000)
+        prefs = preferences(request)
+        if not job.is_terminal:
+            if prefs.respond_async:
+                return self.accepted(request, job, {"Preference-Applied": "respond-async"})
+            hold_s = min(self.ot.settings.hold_s, prefs.wait_s if prefs.wait_s is not None else math.inf)
+            job = await self.ot.wait(job.id, hold_s)
+        if not job.is_terminal:
+            location = self.job_url(request, job.id, f"/result?hop={hop + 1}")
+            headers = {"Location": location, "Retry-After": retry_after(job)}
+            return Response(status_code=303, headers=headers)
+        return self.terminal_result(job)
+
+    @staticmethod
+    def terminal_result(job: Job) -> Response:
+        if job.status is JobStatus.SUCCEEDED:
+            return JSONResponse(job.result)
+        assert job.error is not None
+        if job.status is JobStatus.CANCELED:
+            return problem(409, job.error.message, type="canceled", title="The job was canceled")
+        return problem(job.error.status, job.error.message, type=job.error.type, title="The job failed")
+
+    async def cancel(self, request: Request) -> Response:
+        job = await self.ot.cancel(request.path_params["job_id"])
+        status = 202 if job.status is JobStatus.RUNNING else 200
+        return JSONResponse(self.job_json(request, job), status_code=status)
+
+    async def delete(self, request: Request) -> Response:
+        await self.ot.delete(request.path_params["job_id"])
+        return Response(status_code=204)
+
+    async def list_jobs(self, request: Request) -> Response:
+        raw_status = request.query_params.get("status")
+        try:
+            status = None if raw_status is None else JobStatus(raw_status)
+        except ValueError:
+            choices = ", ".join(s.value for s in JobStatus)
+            raise HTTPProblem(400, f"status must be one of {choices}", type="bad_request") from None
+        page = await self.ot.list(
+            status=status,
+            name=request.query_params.get("name"),
+            limit=int_param(request, "limit", 50, 1, MAX_LIST_LIMIT),
+            cursor=request.query_params.get("cursor"),
+        )
+        return JSONResponse({"jobs": [self.job_json(request, job) for job in page.jobs], "next": page.next})
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+
+# -- assembling apps -----------------------------------------------------------------
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return problem(exc.status_code, exc.detail, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return from_exception(exc)
+
+
+def build_app(ot: Outlast, **starlette_options: Any) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with ot.lifespan():
+            yield
+
+    routes = [*Edge(ot).routes(), *ot.routes]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception, Exception: _server_error},
+        **starlette_options,
+    )
+    app.state.outlast = ot
+    return app
+
+
+def mount(ot: Outlast, app: ASGIApp, path: str = "") -> None:
+    router = getattr(app, "router", None)
+    if router is None or not hasattr(router, "lifespan_context"):
+        raise ConfigError("ot.mount() takes a Starlette or FastAPI app")
+    routes = Edge(ot).routes()
+    path = path.rstrip("/")
+    if path:
+        router.routes.append(Mount(path, routes=routes))
+    else:
+        router.routes.extend(routes)
+    ot.mount_path = path
+    original = router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with ot.lifespan(), original(app) as state:
+            yield state
+
+    router.lifespan_context = lifespan
+    app.state.outlast = ot  # type: ignore[attr-defined]
+
+
+def find_outlast(app: Any) -> Outlast:
+    """The `Outlast` behind an ASGI app made by `ot.app()` or given to `ot.mount()`."""
+    from outlast.core import Outlast
+
+    if isinstance(app, Outlast):
+        return app
+    state = getattr(app, "state", None)
+    ot = getattr(state, "outlast", None)
+    if isinstance(ot, Outlast):
+        return ot
+    raise ConfigError(f"{app!r} is neither an Outlast object nor an app built around one")
+

@@ -1,0 +1,120 @@
+"""Long-running routes: a plain endpoint that may outlast the gateway.
+
+The decorated handler runs as a job, its query and path parameters as input.
+Fast, the client gets the handler's own response; slow, a `303 See Other` to
+`/jobs/{id}/result?hop=1` and the chain that follows; with `Prefer:
+respond-async`, `202` + `Location` at once (PROTOCOL.md, "Long-running routes").
+
+The endpoint this makes works on Starlette (it takes the request) and FastAPI
+(its signature is the handler's, plus the request, so FastAPI validates and
+documents the parameters as usual).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from outlast.http import Edge, job_json, job_url, retry_after
+from outlast.jobs import JobStatus
+from outlast.prefer import idempotency_key, parse_prefer
+from outlast.problems import from_exception
+from outlast.registry import JobDefinition
+
+if TYPE_CHECKING:
+    from outlast.core import Outlast
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+REQUEST_PARAM = "outlast_request"
+
+
+def long_running(
+    ot: Outlast,
+    path: str | None,
+    *,
+    methods: Sequence[str],
+    name: str | None,
+    timeout: float | None,
+    max_attempts: int | None,
+) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        definition = JobDefinition.from_function(fn, name=name, timeout_s=timeout, max_attempts=max_attempts)
+        ot.add_job(definition)
+        endpoint = _endpoint(ot, definition)
+        if path is None:
+            return typing.cast(F, endpoint)
+        ot.routes.append(Route(path, endpoint, methods=list(methods), name=definition.name))
+        return fn
+
+    return decorate
+
+
+def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
+    parameters = [
+        alias for field in definition.input_model.model_fields.values() if (alias := field.alias) is not None
+    ]
+
+    @functools.wraps(definition.fn)
+    async def endpoint(*args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and isinstance(args[0], Request) and not kwargs:
+            # Starlette: parameters come from the query string and the path.
+            request = args[0]
+            given = {**request.query_params, **request.path_params}
+            raw = {key: given[key] for key in parameters if key in given}
+            as_response = True
+        else:
+            # FastAPI: it has validated the parameters of our signature already.
+            request = kwargs.pop(REQUEST_PARAM)
+            raw = kwargs
+            as_response = False
+        try:
+            return await _serve(ot, definition, request, raw, as_response=as_response)
+        except Exception as exc:
+            return from_exception(exc)
+
+    endpoint.__signature__ = _fastapi_signature(definition)  # type: ignore[attr-defined]
+    del endpoint.__wrapped__  # type: ignore[attr-defined]
+    return endpoint
+
+
+async def _serve(
+    ot: Outlast, definition: JobDefinition, request: Request, raw: dict[str, Any], *, as_response: bool
+) -> Any:
+    prefs = parse_prefer(request.headers.getlist("prefer"))
+    job, _ = await ot.submit(definition.name, raw, idempotency_key=idempotency_key(request))
+    hold_s = ot.settings.hold_s
+    wait_s = min(prefs.wait_s, hold_s) if prefs.wait_s is not None else (0.0 if prefs.respond_async else hold_s)
+    if wait_s > 0:
+        job = await ot.wait(job.id, wait_s)
+    base = request.scope.get("root_path", "").rstrip("/") + ot.mount_path
+    if not job.is_terminal:
+        if prefs.respond_async:
+            headers = {"Location": job_url(base, job.id), "Retry-After": retry_after(job)}
+            headers["Preference-Applied"] = "respond-async"
+            return JSONResponse(job_json(base, job), status_code=202, headers=headers)
+        location = job_url(base, job.id, "/result?hop=1")
+        return Response(status_code=303, headers={"Location": location, "Retry-After": retry_after(job)})
+    if job.status is JobStatus.SUCCEEDED and not as_response:
+        return job.result  # FastAPI renders it as it would the handler's own return value
+    return Edge.terminal_result(job)
+
+
+def _fastapi_signature(definition: JobDefinition) -> inspect.Signature:
+    """The handler's parameters (annotations resolved), without the context, plus the request."""
+    signature = inspect.signature(definition.fn)
+    hints = typing.get_type_hints(definition.fn, include_extras=True)
+    params = [
+        param.replace(annotation=hints.get(param.name, param.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+        for param in signature.parameters.values()
+        if param.name != definition.context_param
+    ]
+    params.append(inspect.Parameter(REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Request))
+    return inspect.Signature(params, return_annotation=inspect.Signature.empty)

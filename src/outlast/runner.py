@@ -1,0 +1,266 @@
+"""The runner: claims jobs, runs them, keeps their leases, reports how they ended.
+
+One `Runner` runs up to `concurrency` jobs at once: async jobs on the event loop,
+sync jobs in a thread pool of the same size. Beside them, one maintenance loop
+renews leases (heartbeats), notices cancellations asked for from other
+processes, requeues jobs whose worker was lost, and forgets expired jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from outlast.context import JobContext
+from outlast.exceptions import Cancelled, JobError, RetryableError
+from outlast.jobs import TIMEOUT, ErrorInfo, Job, JobStatus, Outcome
+from outlast.registry import JobDefinition
+from outlast.stores.base import JobStore
+
+logger = logging.getLogger("outlast.runner")
+
+IDLE_POLL_S = 1.0
+TICK_S = 1.0
+PURGE_EVERY_S = 60.0
+DEFAULT_GRACE_S = 10.0
+
+
+@dataclasses.dataclass(slots=True)
+class _Running:
+    job: Job
+    context: JobContext
+    definition: JobDefinition
+    task: asyncio.Task[Outcome] | None = None
+    cancel_requested: bool = False
+    lost: bool = False
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Runner:
+    def __init__(
+        self,
+        store: JobStore,
+        registry: Mapping[str, JobDefinition],
+        *,
+        concurrency: int,
+        lease_s: float,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.worker = worker_id()
+        self._running: dict[str, _Running] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._threads = ThreadPoolExecutor(max_workers=max(concurrency, 1), thread_name_prefix="outlast-job")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executions: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._unsubscribe = store.hub.on_cancel(self._cancel_local)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        loops = [self._maintain()]
+        if self.concurrency > 0 and self.registry:
+            loops.append(self._claim_loop())
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
+
+    async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+        """Stop claiming; let running jobs finish within `grace_s`, then abandon them.
+
+        An abandoned job keeps its lease until it expires; then another worker
+        takes it (attempt + 1).
+        """
+        self._stopping.set()
+        self.store.hub.work_available()  # wakes the claim loop so it sees _stopping
+        if self._executions:
+            await asyncio.wait(self._executions, timeout=grace_s)
+        for task in [*self._executions, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._executions, *self._tasks, return_exceptions=True)
+        self._unsubscribe()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # -- claiming ------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        names = list(self.registry)
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            job = None
+            while job is None and not self._stopping.is_set():
+                try:
+                    job = await self.store.claim(self.worker, names, self.lease_s)
+                except Exception:
+                    logger.exception("claiming a job failed; trying again")
+                if job is None:
+                    await self.store.hub.wait_for_work(IDLE_POLL_S)
+            if job is None:
+                self._slots.release()
+                return
+            execution = asyncio.create_task(self._execute(job), name=f"outlast-job-{job.id}")
+            self._executions.add(execution)
+            execution.add_done_callback(self._done)
+
+    def _done(self, execution: asyncio.Task[None]) -> None:
+        self._executions.discard(execution)
+        self._slots.release()
+
+    # -- running one job ------------------------------------------------------------
+
+    async def _execute(self, job: Job) -> None:
+        definition = self.registry[job.name]
+        context = JobContext(job_id=job.id, name=job.name, attempt=job.attempt, loop=asyncio.get_running_loop())
+        running = _Running(job, context, definition)
+        self._running[job.id] = running
+        write = functools.partial(self.store.record, job.id, job.token)
+        flusher = asyncio.create_task(context._flush_loop(write))
+        try:
+            running.task = asyncio.create_task(self._attempt(running))
+            outcome = await running.task
+        except asyncio.CancelledError:
+            if running.lost or self._stopping.is_set():
+                return  # abandoned: the lease will expire and someone retries it
+            raise
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            del self._running[job.id]
+        if running.lost:
+            logger.warning("job %s: lease lost, its outcome is dropped", job.id)
+            return
+        await context._flush(write)
+        if running.cancel_requested and outcome.status is not JobStatus.CANCELED:
+            outcome = Outcome.canceled()
+        finished = await self.store.finish(job.id, job.token, outcome)
+        if finished is None:
+            logger.warning("job %s: lease lost before it finished; its outcome is dropped", job.id)
+
+    async def _attempt(self, running: _Running) -> Outcome:
+        job, definition, context = running.job, running.definition, running.context
+        try:
+            arguments = definition.arguments(job.input)
+        except Exception as exc:  # the stored input no longer fits the code
+            return Outcome.failed(ErrorInfo("invalid_input", str(exc), 422))
+        if definition.context_param is not None:
+            arguments[definition.context_param] = context
+        timeout = asyncio.timeout(definition.timeout_s)
+        try:
+            async with timeout:
+                result = await self._call(definition, arguments)
+        except asyncio.CancelledError:
+            if running.cancel_requested and not running.lost:
+                return Outcome.canceled()
+            raise
+        except TimeoutError as exc:
+            if not timeout.expired():
+                return self._failure(job, definition, exc)
+            context._cancel()  # a sync job's thread goes on: tell it to stop
+            return Outcome.failed(ErrorInfo(TIMEOUT, f"the job ran longer than {definition.timeout_s:g} s", 504))
+        except Exception as exc:
+            return self._failure(job, definition, exc)
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            return Outcome.failed(ErrorInfo("result_not_serializable", f"the job's result is not JSON: {exc}", 500))
+        return Outcome.succeeded(result)
+
+    async def _call(self, definition: JobDefinition, arguments: dict[str, Any]) -> Any:
+        if definition.is_async:
+            return await definition.fn(**arguments)
+        call = functools.partial(contextvars.copy_context().run, definition.fn, **arguments)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    def _failure(self, job: Job, definition: JobDefinition, exc: BaseException) -> Outcome:
+        if isinstance(exc, Cancelled):
+            return Outcome.canceled(exc.message)
+        if isinstance(exc, JobError):
+            error = ErrorInfo(exc.type, exc.message, exc.status)
+        else:
+            error = ErrorInfo(type(exc).__name__, str(exc) or type(exc).__name__, 500)
+            logger.warning("job %s (%s) raised %s", job.id, job.name, type(exc).__name__, exc_info=exc)
+        if isinstance(exc, RetryableError) or isinstance(exc, definition.retry_on):
+            delay_s = exc.delay_s if isinstance(exc, RetryableError) and exc.delay_s is not None else None
+            if delay_s is None:
+                capped = min(definition.backoff_max_s, definition.backoff_s * 2 ** (job.attempt - 1))
+                delay_s = random.uniform(capped / 2, capped)
+            return Outcome.retry(error, time.time() + delay_s)
+        return Outcome.failed(error)
+
+    # -- cancellation --------------------------------------------------------------------
+
+    def _cancel_local(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is None or running.cancel_requested:
+            return
+        running.cancel_requested = True
+        running.context._cancel()
+        if running.definition.is_async and running.task is not None:
+            running.task.cancel()
+
+    def _abandon(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is None:
+            return
+        running.lost = True
+        running.context._cancel()
+        if running.task is not None:
+            running.task.cancel()
+
+    # -- maintenance ------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        heartbeat_every_s = self.lease_s / 3
+        reclaim_every_s = min(self.lease_s / 2, 5.0)
+        last_heartbeat = last_reclaim = last_purge = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), min(TICK_S, heartbeat_every_s))
+                return
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            try:
+                if now - last_heartbeat >= heartbeat_every_s:
+                    last_heartbeat = now
+                    await self._heartbeat()
+                else:
+                    for job_id in await self.store.cancel_requests(list(self._running)):
+                        self._cancel_local(job_id)
+                if now - last_reclaim >= reclaim_every_s:
+                    last_reclaim = now
+                    for job in await self.store.reclaim_expired():
+                        logger.warning("job %s: its worker was lost; now %s", job.id, job.status.value)
+                if now - last_purge >= PURGE_EVERY_S:
+                    last_purge = now
+                    await self.store.purge_expired()
+            except Exception:
+                logger.exception("maintenance failed; trying again")
+
+    async def _heartbeat(self) -> None:
+        leases = {job_id: running.job.token for job_id, running in self._running.items()}
+        result = await self.store.heartbeat(leases, self.lease_s)
+        for job_id in result.cancel:
+            self._cancel_local(job_id)
+        for job_id in result.lost:
+            self._abandon(job_id)

@@ -1,0 +1,133 @@
+"""The store protocol: the only thing in outlast that touches persistence.
+
+Every store keeps jobs, their idempotency keys, leases with fencing tokens and
+per-job numbered event logs, and publishes each event it writes to its `Hub`.
+All stores pass the same contract suite (`tests/contract`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from outlast.exceptions import InvalidRequest
+from outlast.hub import Hub
+from outlast.jobs import Event, Job, JobStatus, Outcome
+
+MAX_LIST_LIMIT = 500
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class ListQuery:
+    status: JobStatus | None = None
+    name: str | None = None
+    owner: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Page:
+    jobs: list[Job]
+    next: str | None
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class HeartbeatResult:
+    """What a heartbeat learnt: jobs whose cancellation was asked for, and leases lost."""
+
+    cancel: frozenset[str] = frozenset()
+    lost: frozenset[str] = frozenset()
+
+
+class JobStore(Protocol):
+    """What the core asks of a store. Every method is safe to call concurrently."""
+
+    hub: Hub
+
+    async def open(self) -> None:
+        """Connect, create the schema if needed, start background listeners."""
+
+    async def close(self) -> None: ...
+
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        """Store a new queued job and its first `status` event.
+
+        With `job.idempotency_key` set, a job already stored under the same key
+        (and owner) is returned instead, with False; a different input under that
+        key raises `IdempotencyConflict`.
+        """
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job (with `queue_position` while queued), or None."""
+
+    async def list(self, query: ListQuery) -> Page:
+        """Jobs newest first, a page at a time."""
+
+    async def delete(self, job_id: str) -> bool:
+        """Forget a terminal job and its events; False if unknown.
+
+        Raises `JobNotFinished` for a job that is not terminal.
+        """
+
+    async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
+        """Atomically take the next due job of one of `names`: it is running,
+        leased to `worker` until now + `lease_s`, and `job.token` is its new
+        fencing token."""
+
+    async def heartbeat(self, leases: Mapping[str, int], lease_s: float) -> HeartbeatResult:
+        """Extend the leases (job id -> token) still held."""
+
+    async def cancel_requests(self, job_ids: Collection[str]) -> frozenset[str]:
+        """Of these jobs, those whose cancellation was asked for (a cheap read)."""
+
+    async def record(
+        self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
+    ) -> bool:
+        """Append progress/log events for a running attempt; False if `token` is stale."""
+
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
+        """End an attempt; None (and nothing written) if `token` is stale."""
+
+    async def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Stored events with seq > `after`, in order."""
+
+    async def request_cancel(self, job_id: str) -> Job | None:
+        """Queued: canceled at once. Running: flagged for its worker. Terminal: unchanged."""
+
+    async def reclaim_expired(self) -> list[Job]:
+        """Requeue (or fail with `worker_lost`) running jobs whose lease expired."""
+
+    async def purge_expired(self) -> list[str]:
+        """Forget terminal jobs past their `expires_at`; the ids that went."""
+
+
+# -- helpers shared by the stores --------------------------------------------
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at, job.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        if not isinstance(job_id, str) or not isinstance(created_at, (int, float)):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidRequest("the cursor is not one this server gave out") from exc
+    return float(created_at), job_id
+
+
+def page_of(jobs: list[Job], limit: int) -> Page:
+    """`jobs` holds up to limit + 1 rows, newest first: the extra one says there is more."""
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        return Page(jobs, encode_cursor(jobs[-1]))
+    return Page(jobs, None)

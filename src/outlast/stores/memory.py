@@ -1,0 +1,200 @@
+"""`memory://`: a store in one process's memory, for tests and experiments.
+
+Nothing survives the process. Every method runs without awaiting in the middle,
+so on one event loop each is atomic.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from outlast.exceptions import IdempotencyConflict, JobNotFinished
+from outlast.hub import Hub
+from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
+from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.hub = Hub()
+        self._jobs: dict[str, Job] = {}
+        self._order: dict[str, int] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._keys: dict[tuple[str | None, str], str] = {}
+        self._counter = itertools.count()
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def _append(self, job: Job, type: str, data: dict[str, Any]) -> Event:
+        job.last_seq += 1
+        event = Event(job.id, job.last_seq, type, data)
+        self._events[job.id].append(event)
+        return event
+
+    def _publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.hub.publish(event)
+
+    def _status_event(self, job: Job) -> Event:
+        job.queue_position = self._position(job)
+        return self._append(job, *job.status_event())
+
+    def _position(self, job: Job) -> int | None:
+        if job.status is not JobStatus.QUEUED:
+            return None
+        mine = self._order[job.id]
+        return sum(
+            1
+            for other in self._jobs.values()
+            if other.status is JobStatus.QUEUED and other.name == job.name and self._order[other.id] < mine
+        )
+
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        if job.idempotency_key is not None:
+            existing_id = self._keys.get((job.owner, job.idempotency_key))
+            if existing_id is not None and existing_id in self._jobs:
+                existing = self._jobs[existing_id]
+                if existing.input_hash != job.input_hash:
+                    raise IdempotencyConflict()
+                return self._snapshot(existing), False
+            self._keys[(job.owner, job.idempotency_key)] = job.id
+        job = copy.deepcopy(job)
+        self._jobs[job.id] = job
+        self._order[job.id] = next(self._counter)
+        self._events[job.id] = []
+        event = self._status_event(job)
+        self._publish([event])
+        return self._snapshot(job), True
+
+    def _snapshot(self, job: Job) -> Job:
+        job.queue_position = self._position(job)
+        return copy.deepcopy(job)
+
+    async def get(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else self._snapshot(job)
+
+    async def list(self, query: ListQuery) -> Page:
+        jobs = sorted(self._jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True)
+        if query.cursor is not None:
+            after = decode_cursor(query.cursor)
+            jobs = [j for j in jobs if (j.created_at, j.id) < after]
+        jobs = [
+            j
+            for j in jobs
+            if (query.status is None or j.status is query.status)
+            and (query.name is None or j.name == query.name)
+            and (query.owner is None or j.owner == query.owner)
+        ]
+        return page_of([self._snapshot(j) for j in jobs[: query.limit + 1]], query.limit)
+
+    async def delete(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        if not job.is_terminal:
+            raise JobNotFinished()
+        self._forget(job)
+        return True
+
+    def _forget(self, job: Job) -> None:
+        del self._jobs[job.id]
+        del self._order[job.id]
+        del self._events[job.id]
+        if job.idempotency_key is not None:
+            self._keys.pop((job.owner, job.idempotency_key), None)
+
+    async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
+        now = time.time()
+        due = [
+            j for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.name in names and j.run_after <= now
+        ]
+        if not due:
+            return None
+        job = min(due, key=lambda j: self._order[j.id])
+        job.start(worker, lease_s, now)
+        self._publish([self._status_event(job)])
+        return copy.deepcopy(job)
+
+    async def heartbeat(self, leases: Mapping[str, int], lease_s: float) -> HeartbeatResult:
+        now = time.time()
+        cancel, lost = set(), set()
+        for job_id, token in leases.items():
+            job = self._jobs.get(job_id)
+            if job is None or job.status is not JobStatus.RUNNING or job.token != token:
+                lost.add(job_id)
+                continue
+            job.lease_until = now + lease_s
+            if job.cancel_requested:
+                cancel.add(job_id)
+        return HeartbeatResult(frozenset(cancel), frozenset(lost))
+
+    async def cancel_requests(self, job_ids: Collection[str]) -> frozenset[str]:
+        return frozenset(i for i in job_ids if (j := self._jobs.get(i)) is not None and j.cancel_requested)
+
+    def _held(self, job_id: str, token: int) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.status is not JobStatus.RUNNING or job.token != token:
+            return None
+        return job
+
+    async def record(
+        self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
+    ) -> bool:
+        job = self._held(job_id, token)
+        if job is None:
+            return False
+        if progress is not None:
+            job.progress = progress
+        self._publish([self._append(job, type, data) for type, data in events])
+        return True
+
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
+        job = self._held(job_id, token)
+        if job is None:
+            return None
+        outcome.apply(job, time.time())
+        self._publish([self._status_event(job)])
+        return copy.deepcopy(job)
+
+    async def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        return [copy.deepcopy(e) for e in self._events.get(job_id, []) if e.seq is not None and e.seq > after][:limit]
+
+    async def request_cancel(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.status is JobStatus.QUEUED:
+            job.cancel(time.time())
+            self._publish([self._status_event(job)])
+        elif job.status is JobStatus.RUNNING and not job.cancel_requested:
+            job.cancel_requested = True
+            self.hub.cancel_requested(job_id)
+        return self._snapshot(job)
+
+    async def reclaim_expired(self) -> list[Job]:
+        now = time.time()
+        expired = [
+            j
+            for j in self._jobs.values()
+            if j.status is JobStatus.RUNNING and j.lease_until is not None and j.lease_until < now
+        ]
+        for job in expired:
+            lose_worker(job, now)
+            self._publish([self._status_event(job)])
+        return [copy.deepcopy(j) for j in expired]
+
+    async def purge_expired(self) -> list[str]:
+        now = time.time()
+        expired = [j for j in self._jobs.values() if j.expires_at is not None and j.expires_at <= now]
+        for job in expired:
+            self._forget(job)
+        return [j.id for j in expired]

@@ -1,0 +1,565 @@
+"""`sqlite:///path.db`: the embedded default, one file, safe for several processes on one host.
+
+Each write is one `BEGIN IMMEDIATE` transaction run whole on a thread of its own,
+so it is atomic against other coroutines and other processes alike; readers use
+a second connection and never wait for writers (WAL). Events written by other
+processes on the same file reach this process's hub by a cheap poll of the events
+table; events written here are published at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
+from outlast.hub import Hub
+from outlast.jobs import ErrorInfo, Event, Job, JobStatus, Outcome, lose_worker
+from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
+
+logger = logging.getLogger("outlast.store")
+
+T = TypeVar("T")
+
+POLL_INTERVAL_S = 0.05
+POLL_BATCH = 1000
+BUSY_TIMEOUT_MS = 15_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    qorder INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    expires_at REAL,
+    attempt INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    timeout_s REAL,
+    retention_s REAL NOT NULL,
+    progress TEXT,
+    result TEXT,
+    error TEXT,
+    owner TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT,
+    input_hash TEXT NOT NULL,
+    run_after REAL NOT NULL,
+    lease_until REAL,
+    token INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, name, qorder);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, lease_until);
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS events (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    UNIQUE (job_id, seq)
+);
+"""
+
+# Columns written back by `_save` after a transition (everything that can change).
+MUTABLE = (
+    "status",
+    "started_at",
+    "finished_at",
+    "expires_at",
+    "attempt",
+    "progress",
+    "result",
+    "error",
+    "run_after",
+    "lease_until",
+    "token",
+    "worker",
+    "cancel_requested",
+    "last_seq",
+)
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///rel.db` -> `rel.db`, `sqlite:////abs/x.db` -> `/abs/x.db`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ConfigError(f"a SQLite store URL looks like sqlite:///outlast.db, not {url!r}")
+    return url[len(prefix) :]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    error = _loads(row["error"])
+    return Job(
+        id=row["id"],
+        name=row["name"],
+        input=json.loads(row["input"]),
+        status=JobStatus(row["status"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        expires_at=row["expires_at"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        timeout_s=row["timeout_s"],
+        retention_s=row["retention_s"],
+        progress=_loads(row["progress"]),
+        result=_loads(row["result"]),
+        error=None if error is None else ErrorInfo.from_dict(error),
+        owner=row["owner"] or None,
+        idempotency_key=row["idempotency_key"],
+        input_hash=row["input_hash"],
+        run_after=row["run_after"],
+        lease_until=row["lease_until"],
+        token=row["token"],
+        worker=row["worker"],
+        cancel_requested=bool(row["cancel_requested"]),
+        last_seq=row["last_seq"],
+    )
+
+
+def _column_values(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status.value,
+        "input": _dumps(job.input),
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "expires_at": job.expires_at,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "timeout_s": job.timeout_s,
+        "retention_s": job.retention_s,
+        "progress": None if job.progress is None else _dumps(job.progress),
+        "result": _dumps(job.result) if job.status is JobStatus.SUCCEEDED else None,
+        "error": None if job.error is None else _dumps(job.error.to_dict()),
+        "owner": job.owner or "",
+        "idempotency_key": job.idempotency_key,
+        "input_hash": job.input_hash,
+        "run_after": job.run_after,
+        "lease_until": job.lease_until,
+        "token": job.token,
+        "worker": job.worker,
+        "cancel_requested": int(job.cancel_requested),
+        "last_seq": job.last_seq,
+    }
+
+
+class _Connection:
+    """One sqlite3 connection, used only from its own thread."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outlast-sqlite-{name}")
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = self._connect()
+        return fn(self._conn)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` inside one BEGIN IMMEDIATE transaction."""
+
+        def transaction(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return value
+
+        return await self.run(transaction)
+
+    async def close(self) -> None:
+        def close(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self.run(close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+
+class SQLiteStore:
+    def __init__(self, path: str, *, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+        self.hub = Hub()
+        self.path = path
+        self.poll_interval_s = poll_interval_s
+        self._origin = secrets.token_hex(8)
+        self._writer = _Connection(path, "w")
+        self._reader = _Connection(path, "r")
+        self._poller: asyncio.Task[None] | None = None
+        self._seen_rowid = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        return cls(path_from_url(url))
+
+    async def open(self) -> None:
+        parent = Path(self.path).parent
+        parent.mkdir(parents=True, exist_ok=True)
+
+        def init(conn: sqlite3.Connection) -> int:
+            conn.executescript(SCHEMA)
+            row = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()
+            return int(row[0])
+
+        self._seen_rowid = await self._writer.run(init)
+        self._poller = asyncio.create_task(self._poll_events(), name="outlast-sqlite-poller")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        await self._writer.close()
+        await self._reader.close()
+
+    # -- helpers that run inside a transaction (on the writer's thread) --------
+
+    def _append(self, conn: sqlite3.Connection, job: Job, type: str, data: dict[str, Any]) -> Event:
+        job.last_seq += 1
+        conn.execute(
+            "INSERT INTO events (job_id, seq, type, data, origin) VALUES (?, ?, ?, ?, ?)",
+            (job.id, job.last_seq, type, _dumps(data), self._origin),
+        )
+        return Event(job.id, job.last_seq, type, data)
+
+    def _status_event(self, conn: sqlite3.Connection, job: Job) -> Event:
+        job.queue_position = self._position(conn, job)
+        return self._append(conn, job, *job.status_event())
+
+    def _save(self, conn: sqlite3.Connection, job: Job) -> None:
+        values = _column_values(job)
+        assignments = ", ".join(f"{column} = :{column}" for column in MUTABLE)
+        conn.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", values)
+
+    def _transition(self, conn: sqlite3.Connection, job: Job) -> Event:
+        """Persist a job just moved to a new status, with its status event."""
+        event = self._status_event(conn, job)
+        self._save(conn, job)
+        return event
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, job_id: str) -> Job | None:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    @staticmethod
+    def _position(conn: sqlite3.Connection, job: Job) -> int | None:
+        if job.status is not JobStatus.QUEUED:
+            return None
+        row = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND name = ?"
+            " AND qorder < (SELECT qorder FROM jobs WHERE id = ?)",
+            (job.name, job.id),
+        ).fetchone()
+        return int(row[0])
+
+    def _publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.hub.publish(event)
+
+    # -- the protocol -----------------------------------------------------------
+
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        def create(conn: sqlite3.Connection) -> tuple[Job, Event | None]:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                    (job.owner or "", job.idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    existing = _job_from_row(row)
+                    if existing.input_hash != job.input_hash:
+                        raise IdempotencyConflict()
+                    existing.queue_position = self._position(conn, existing)
+                    return existing, None
+            values = _column_values(job)
+            columns = ", ".join(values)
+            placeholders = ", ".join(f":{c}" for c in values)
+            conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", values)
+            created = dataclasses.replace(job)
+            event = self._transition(conn, created)
+            return created, event
+
+        stored, event = await self._writer.write(create)
+        if event is not None:
+            self._publish([event])
+        return stored, event is not None
+
+    async def get(self, job_id: str) -> Job | None:
+        def get(conn: sqlite3.Connection) -> Job | None:
+            job = self._load(conn, job_id)
+            if job is not None:
+                job.queue_position = self._position(conn, job)
+            return job
+
+        return await self._reader.run(get)
+
+    async def list(self, query: ListQuery) -> Page:
+        clauses, params = [], []
+        if query.cursor is not None:
+            created_at, job_id = decode_cursor(query.cursor)
+            clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [created_at, created_at, job_id]
+        if query.status is not None:
+            clauses.append("status = ?")
+            params.append(query.status.value)
+        if query.name is not None:
+            clauses.append("name = ?")
+            params.append(query.name)
+        if query.owner is not None:
+            clauses.append("owner = ?")
+            params.append(query.owner)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(query.limit + 1)
+
+        def list_jobs(conn: sqlite3.Connection) -> list[Job]:
+            jobs = [_job_from_row(row) for row in conn.execute(sql, params)]
+            for job in jobs:
+                job.queue_position = self._position(conn, job)
+            return jobs
+
+        return page_of(await self._reader.run(list_jobs), query.limit)
+
+    async def delete(self, job_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            job = self._load(conn, job_id)
+            if job is None:
+                return False
+            if not job.is_terminal:
+                raise JobNotFinished()
+            self._forget(conn, [job_id])
+            return True
+
+        return await self._writer.write(delete)
+
+    @staticmethod
+    def _forget(conn: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+        conn.executemany("DELETE FROM events WHERE job_id = ?", [(i,) for i in job_ids])
+        conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+
+    async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
+        if not names:
+            return None
+        marks = ", ".join("?" for _ in names)
+        sql = (
+            f"SELECT * FROM jobs WHERE status = 'queued' AND name IN ({marks}) AND run_after <= ?"
+            " ORDER BY qorder LIMIT 1"
+        )
+
+        def claim(conn: sqlite3.Connection) -> tuple[Job, Event] | None:
+            now = time.time()
+            row = conn.execute(sql, [*names, now]).fetchone()
+            if row is None:
+                return None
+            job = _job_from_row(row)
+            job.start(worker, lease_s, now)
+            return job, self._transition(conn, job)
+
+        claimed = await self._writer.write(claim)
+        if claimed is None:
+            return None
+        self._publish([claimed[1]])
+        return claimed[0]
+
+    async def heartbeat(self, leases: Mapping[str, int], lease_s: float) -> HeartbeatResult:
+        if not leases:
+            return HeartbeatResult()
+
+        def heartbeat(conn: sqlite3.Connection) -> HeartbeatResult:
+            until = time.time() + lease_s
+            cancel, lost = set(), set()
+            for job_id, token in leases.items():
+                row = conn.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'running' AND token = ?"
+                    " RETURNING cancel_requested",
+                    (until, job_id, token),
+                ).fetchone()
+                if row is None:
+                    lost.add(job_id)
+                elif row[0]:
+                    cancel.add(job_id)
+            return HeartbeatResult(frozenset(cancel), frozenset(lost))
+
+        return await self._writer.write(heartbeat)
+
+    async def cancel_requests(self, job_ids: Collection[str]) -> frozenset[str]:
+        if not job_ids:
+            return frozenset()
+        ids = list(job_ids)
+        marks = ", ".join("?" for _ in ids)
+
+        def read(conn: sqlite3.Connection) -> frozenset[str]:
+            rows = conn.execute(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", ids)
+            return frozenset(row[0] for row in rows)
+
+        return await self._reader.run(read)
+
+    def _held(self, conn: sqlite3.Connection, job_id: str, token: int) -> Job | None:
+        job = self._load(conn, job_id)
+        if job is None or job.status is not JobStatus.RUNNING or job.token != token:
+            return None
+        return job
+
+    async def record(
+        self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
+    ) -> bool:
+        def record(conn: sqlite3.Connection) -> list[Event] | None:
+            job = self._held(conn, job_id, token)
+            if job is None:
+                return None
+            if progress is not None:
+                job.progress = progress
+            written = [self._append(conn, job, type, data) for type, data in events]
+            conn.execute(
+                "UPDATE jobs SET progress = ?, last_seq = ? WHERE id = ?",
+                (None if job.progress is None else _dumps(job.progress), job.last_seq, job_id),
+            )
+            return written
+
+        written = await self._writer.write(record)
+        if written is None:
+            return False
+        self._publish(written)
+        return True
+
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
+        def finish(conn: sqlite3.Connection) -> tuple[Job, Event] | None:
+            job = self._held(conn, job_id, token)
+            if job is None:
+                return None
+            outcome.apply(job, time.time())
+            return job, self._transition(conn, job)
+
+        finished = await self._writer.write(finish)
+        if finished is None:
+            return None
+        self._publish([finished[1]])
+        return finished[0]
+
+    async def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        def read(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(
+                "SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (job_id, after, limit),
+            )
+            return [Event(job_id, row[0], row[1], json.loads(row[2])) for row in rows]
+
+        return await self._reader.run(read)
+
+    async def request_cancel(self, job_id: str) -> Job | None:
+        def cancel(conn: sqlite3.Connection) -> tuple[Job | None, Event | None]:
+            job = self._load(conn, job_id)
+            if job is None:
+                return None, None
+            if job.status is JobStatus.QUEUED:
+                job.cancel(time.time())
+                return job, self._transition(conn, job)
+            if job.status is JobStatus.RUNNING and not job.cancel_requested:
+                job.cancel_requested = True
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return job, None
+
+        job, event = await self._writer.write(cancel)
+        if event is not None:
+            self._publish([event])
+        elif job is not None and job.cancel_requested:
+            self.hub.cancel_requested(job_id)
+        return job
+
+    async def reclaim_expired(self) -> list[Job]:
+        def reclaim(conn: sqlite3.Connection) -> list[tuple[Job, Event]]:
+            now = time.time()
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE status = 'running' AND lease_until < ?", (now,)
+            ).fetchall()
+            reclaimed = []
+            for row in rows:
+                job = _job_from_row(row)
+                lose_worker(job, now)
+                reclaimed.append((job, self._transition(conn, job)))
+            return reclaimed
+
+        reclaimed = await self._writer.write(reclaim)
+        self._publish([event for _, event in reclaimed])
+        return [job for job, _ in reclaimed]
+
+    async def purge_expired(self) -> list[str]:
+        def purge(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT id FROM jobs WHERE expires_at <= ?", (time.time(),)).fetchall()
+            ids = [row[0] for row in rows]
+            self._forget(conn, ids)
+            return ids
+
+        return await self._writer.write(purge)
+
+    # -- events written by other processes ----------------------------------------
+
+    async def _poll_events(self) -> None:
+        def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            # Our own events were published when written: skip their data.
+            return conn.execute(
+                "SELECT rowid, job_id, seq, type, CASE WHEN origin = ? THEN NULL ELSE data END"
+                " FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (self._origin, self._seen_rowid, POLL_BATCH),
+            ).fetchall()
+
+        while True:
+            try:
+                rows = await self._reader.run(read)
+            except sqlite3.Error:
+                logger.exception("reading the events of other processes failed; retrying")
+                rows = []
+            for row in rows:
+                self._seen_rowid = row[0]
+                if row[4] is not None:
+                    self.hub.publish(Event(row[1], row[2], row[3], json.loads(row[4])))
+            if len(rows) < POLL_BATCH:
+                await asyncio.sleep(self.poll_interval_s)
