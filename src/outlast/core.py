@@ -202,7 +202,7 @@ class Outlast:
         if not await self.store.delete(job_id):
             raise JobNotFound(f"no job has the id {job_id!r}")
 
-    async def list(
+    async def list_jobs(
         self,
         *,
         status: JobStatus | None = None,
@@ -211,7 +211,7 @@ class Outlast:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        return await self.store.list(ListQuery(status=status, name=name, owner=owner, limit=limit, cursor=cursor))
+        return await self.store.list_jobs(ListQuery(status=status, name=name, owner=owner, limit=limit, cursor=cursor))
 
     # -- the web edge ------------------------------------------------------------------
 

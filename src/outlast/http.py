@@ -169,7 +169,7 @@ class Edge:
         except ValueError:
             choices = ", ".join(s.value for s in JobStatus)
             raise HTTPProblem(400, f"status must be one of {choices}", type="bad_request") from None
-        page = await self.ot.list(
+        page = await self.ot.list_jobs(
             status=status,
             name=request.query_params.get("name"),
             limit=int_param(request, "limit", 50, 1, MAX_LIST_LIMIT),
@@ -243,4 +243,3 @@ def find_outlast(app: Any) -> Outlast:
     if isinstance(ot, Outlast):
         return ot
     raise ConfigError(f"{app!r} is neither an Outlast object nor an app built around one")
-

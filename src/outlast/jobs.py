@@ -21,7 +21,7 @@ from outlast.exceptions import InvalidTransition
 JOB_ID_PREFIX = "j_"
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -271,7 +271,8 @@ class Outcome:
             assert self.error is not None
             job.cancel(now, self.error.message)
         elif self.status is JobStatus.QUEUED and job.attempt < job.max_attempts:
-            assert self.error is not None and self.retry_at is not None
+            assert self.error is not None
+            assert self.retry_at is not None
             job.requeue(self.retry_at, self.error)
         else:
             assert self.error is not None

@@ -58,9 +58,7 @@ def long_running(
 
 
 def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
-    parameters = [
-        alias for field in definition.input_model.model_fields.values() if (alias := field.alias) is not None
-    ]
+    parameters = [alias for field in definition.input_model.model_fields.values() if (alias := field.alias) is not None]
 
     @functools.wraps(definition.fn)
     async def endpoint(*args: Any, **kwargs: Any) -> Any:
@@ -81,7 +79,7 @@ def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
             return from_exception(exc)
 
     endpoint.__signature__ = _fastapi_signature(definition)  # type: ignore[attr-defined]
-    del endpoint.__wrapped__  # type: ignore[attr-defined]
+    del endpoint.__wrapped__
     return endpoint
 
 

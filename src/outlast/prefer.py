@@ -96,7 +96,9 @@ async def json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         return {}
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise HTTPProblem(415, "send the input as JSON, with Content-Type: application/json", type="unsupported_media_type")
+        raise HTTPProblem(
+            415, "send the input as JSON, with Content-Type: application/json", type="unsupported_media_type"
+        )
     try:
         value = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError):

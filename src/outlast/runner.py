@@ -199,7 +199,7 @@ class Runner:
         else:
             error = ErrorInfo(type(exc).__name__, str(exc) or type(exc).__name__, 500)
             logger.warning("job %s (%s) raised %s", job.id, job.name, type(exc).__name__, exc_info=exc)
-        if isinstance(exc, RetryableError) or isinstance(exc, definition.retry_on):
+        if isinstance(exc, (RetryableError, *definition.retry_on)):
             delay_s = exc.delay_s if isinstance(exc, RetryableError) and exc.delay_s is not None else None
             if delay_s is None:
                 capped = min(definition.backoff_max_s, definition.backoff_s * 2 ** (job.attempt - 1))

@@ -73,7 +73,9 @@ class Settings(BaseModel):
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         from_env = {
-            name: environ[ENV_PREFIX + name.upper()] for name in cls.model_fields if ENV_PREFIX + name.upper() in environ
+            name: environ[ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if ENV_PREFIX + name.upper() in environ
         }
         merged = {**keywords, **from_env, **{k: v for k, v in (flags or {}).items() if v is not None}}
         try:

@@ -65,7 +65,7 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> Job | None:
         """The job (with `queue_position` while queued), or None."""
 
-    async def list(self, query: ListQuery) -> Page:
+    async def list_jobs(self, query: ListQuery) -> Page:
         """Jobs newest first, a page at a time."""
 
     async def delete(self, job_id: str) -> bool:

@@ -82,7 +82,7 @@ class MemoryStore:
         job = self._jobs.get(job_id)
         return None if job is None else self._snapshot(job)
 
-    async def list(self, query: ListQuery) -> Page:
+    async def list_jobs(self, query: ListQuery) -> Page:
         jobs = sorted(self._jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True)
         if query.cursor is not None:
             after = decode_cursor(query.cursor)

@@ -341,7 +341,7 @@ class SQLiteStore:
 
         return await self._reader.run(get)
 
-    async def list(self, query: ListQuery) -> Page:
+    async def list_jobs(self, query: ListQuery) -> Page:
         clauses, params = [], []
         if query.cursor is not None:
             created_at, job_id = decode_cursor(query.cursor)
@@ -517,9 +517,7 @@ class SQLiteStore:
     async def reclaim_expired(self) -> list[Job]:
         def reclaim(conn: sqlite3.Connection) -> list[tuple[Job, Event]]:
             now = time.time()
-            rows = conn.execute(
-                "SELECT * FROM jobs WHERE status = 'running' AND lease_until < ?", (now,)
-            ).fetchall()
+            rows = conn.execute("SELECT * FROM jobs WHERE status = 'running' AND lease_until < ?", (now,)).fetchall()
             reclaimed = []
             for row in rows:
                 job = _job_from_row(row)

@@ -1,0 +1,226 @@
+"""The `outlast` command: serve an app, run workers, look at jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from outlast.core import Outlast
+from outlast.exceptions import ConfigError, OutlastError
+from outlast.http import find_outlast
+from outlast.jobs import JobStatus
+from outlast.settings import Settings
+from outlast.stores import JobStore, ListQuery, open_store
+from outlast.stores.base import MAX_LIST_LIMIT
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+# The settings that have a flag (PROTOCOL.md, "Settings"), with their types.
+SETTING_FLAGS: dict[str, type] = {
+    "store": str,
+    "gateway_timeout": float,
+    "margin": float,
+    "default_wait": float,
+    "retention": float,
+    "max_body": int,
+    "workers": int,
+    "lease": float,
+    "max_attempts": int,
+}
+
+
+def setting_options(fn: F) -> F:
+    """Add one flag per setting; a flag given wins over OUTLAST_* and the code's keywords."""
+    for name, kind in reversed(SETTING_FLAGS.items()):
+        field = Settings.model_fields[name]
+        help_text = f"{field.description} [env: OUTLAST_{name.upper()}; default: {field.default}]"
+        fn = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=help_text)(fn)
+    return fn
+
+
+def load_target(spec: str) -> Any:
+    """Import `MODULE:ATTR` (the current directory is importable, as with uvicorn)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"use MODULE:ATTR, e.g. app:ot, not {spec!r}", param_hint="TARGET")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="TARGET") from exc
+    try:
+        target = module
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        raise click.BadParameter(f"{module_name!r} has no attribute {attr!r}", param_hint="TARGET") from None
+    return target
+
+
+def configured(spec: str, flags: dict[str, Any]) -> tuple[Any, Outlast]:
+    target = load_target(spec)
+    try:
+        ot = find_outlast(target)
+        ot.configure(**flags)
+    except ConfigError as exc:
+        raise click.UsageError(exc.message) from exc
+    return target, ot
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="outlast")
+def main() -> None:
+    """outlast: long-running jobs behind any gateway timeout.
+
+    \b
+    Serve an app (API + embedded workers):   outlast serve examples.app:ot
+    Run workers only, on the same store:     outlast worker examples.app:ot
+    Look at the jobs in a store:             outlast jobs list --store sqlite:///outlast.db
+    """
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:ATTR")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+@setting_options
+def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> None:
+    """Serve the protocol's HTTP API with embedded workers (uvicorn).
+
+    MODULE:ATTR names an Outlast object (its app is built for you) or an ASGI
+    app built around one (`ot.app()`, or a FastAPI app given to `ot.mount()`).
+
+    \b
+    Example:
+      outlast serve examples.app:ot --gateway-timeout 29 --workers 8
+    """
+    import uvicorn
+
+    app, ot = configured(target, flags)
+    if isinstance(app, Outlast):
+        app = ot.app()
+    click.echo(
+        f"outlast: store {ot.settings.store}, hold {ot.settings.hold_s:g} s, {ot.settings.workers} workers", err=True
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10)
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:ATTR")
+@setting_options
+def worker(target: str, **flags: Any) -> None:
+    """Run workers only: claim and run the jobs MODULE:ATTR registers.
+
+    Point it at the store the API uses (the same SQLite file on this host, or
+    later a Redis). SIGTERM or Ctrl-C stops claiming and lets running jobs finish.
+
+    \b
+    Example:
+      outlast worker examples.app:ot --store sqlite:///outlast.db --workers 4
+    """
+    _, ot = configured(target, flags)
+    if ot.settings.workers < 1:
+        raise click.UsageError("--workers must be at least 1 for a worker")
+    click.echo(f"outlast worker: store {ot.settings.store}, {ot.settings.workers} at once", err=True)
+    asyncio.run(_work(ot))
+
+
+async def _work(ot: Outlast) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with ot.lifespan():
+        await stop.wait()
+        click.echo("outlast worker: stopping; running jobs may finish", err=True)
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+STORE_OPTION = click.option(
+    "--store",
+    envvar="OUTLAST_STORE",
+    default="sqlite:///outlast.db",
+    show_default=True,
+    help="The store to read [env: OUTLAST_STORE].",
+)
+
+
+@main.group()
+def jobs() -> None:
+    """Look at and cancel the jobs in a store."""
+
+
+def _with_store(fn: Callable[[JobStore], Coroutine[Any, Any, T]], url: str) -> T:
+    async def run() -> T:
+        try:
+            store = open_store(url)
+        except ConfigError as exc:
+            raise click.UsageError(exc.message) from exc
+        await store.open()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except OutlastError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@jobs.command("list")
+@STORE_OPTION
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]), help="Only jobs in this status.")
+@click.option("--name", help="Only jobs of this name.")
+@click.option("--limit", type=click.IntRange(1, MAX_LIST_LIMIT), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the job objects as JSON.")
+def list_jobs(store: str, status: str | None, name: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    query = ListQuery(status=None if status is None else JobStatus(status), name=name, limit=limit)
+    page = _with_store(lambda s: s.list_jobs(query), store)
+    if as_json:
+        _echo_json([job.to_public() for job in page.jobs])
+        return
+    for job in page.jobs:
+        public = job.to_public()
+        click.echo(f"{job.id}  {job.status.value:<9}  {job.name:<20}  {public['created_at']}")
+    if not page.jobs:
+        click.echo("no jobs", err=True)
+
+
+@jobs.command("show")
+@STORE_OPTION
+@click.argument("job_id")
+def show_job(store: str, job_id: str) -> None:
+    """Print one job as JSON."""
+    job = _with_store(lambda s: s.get(job_id), store)
+    if job is None:
+        raise click.ClickException(f"no job has the id {job_id!r}")
+    _echo_json(job.to_public())
+
+
+@jobs.command("cancel")
+@STORE_OPTION
+@click.argument("job_id")
+def cancel_job(store: str, job_id: str) -> None:
+    """Cancel a job: a queued one at once, a running one by telling its worker."""
+    job = _with_store(lambda s: s.request_cancel(job_id), store)
+    if job is None:
+        raise click.ClickException(f"no job has the id {job_id!r}")
+    state = "cancellation requested" if job.status is JobStatus.RUNNING else job.status.value
+    click.echo(f"{job.id}: {state}")
