@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from outlast.exceptions import ConfigError, JobNotFound, UnknownJobName
 from outlast.jobs import Job, JobStatus
+from outlast.metrics import Metrics
 from outlast.registry import JobDefinition
 from outlast.runner import Runner
 from outlast.settings import Settings
@@ -43,6 +44,7 @@ class Outlast:
         self.routes: list[BaseRoute] = []
         # Where the protocol's routes are, relative to the app's root.
         self.mount_path = ""
+        self.metrics = Metrics()
         self._store: JobStore | None = None
         self._runner: Runner | None = None
         self._started = 0
@@ -120,8 +122,12 @@ class Outlast:
         await store.open()
         self._store = store
         concurrency = self.settings.workers if workers is None else workers
-        self._runner = Runner(store, self.registry, concurrency=concurrency, lease_s=self.settings.lease)
-        await self._runner.start()
+        runner = Runner(
+            store, self.registry, concurrency=concurrency, lease_s=self.settings.lease, metrics=self.metrics
+        )
+        self.metrics.watch(lambda: runner.running, lambda: store.hub.listener_count)
+        self._runner = runner
+        await runner.start()
 
     async def stop(self) -> None:
         self._started -= 1
@@ -167,7 +173,10 @@ class Outlast:
             owner=owner,
             idempotency_key=idempotency_key,
         )
-        return await self.store.create(job)
+        stored, created = await self.store.create(job)
+        if created:
+            self.metrics.submitted.labels(name).inc()
+        return stored, created
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.get(job_id)

@@ -79,6 +79,7 @@ class Edge:
             Route("/jobs/{job_id}/result", e(self.result), methods=["GET"]),
             Route("/jobs/{job_id}/cancel", e(self.cancel), methods=["POST"]),
             Route("/healthz", e(self.healthz), methods=["GET"]),
+            Route("/metrics", e(self.metrics), methods=["GET"]),
         ]
 
     # -- helpers ------------------------------------------------------------------------
@@ -179,6 +180,10 @@ class Edge:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def metrics(self, request: Request) -> Response:
+        metrics = self.ot.metrics
+        return Response(metrics.render(), media_type=metrics.content_type)
 
 
 # -- assembling apps -----------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 from outlast.context import JobContext
 from outlast.exceptions import Cancelled, JobError, RetryableError
 from outlast.jobs import TIMEOUT, ErrorInfo, Job, JobStatus, Outcome
+from outlast.metrics import Metrics
 from outlast.registry import JobDefinition
 from outlast.stores.base import JobStore
 
@@ -60,11 +61,13 @@ class Runner:
         *,
         concurrency: int,
         lease_s: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.concurrency = concurrency
         self.lease_s = lease_s
+        self.metrics = metrics or Metrics()
         self.worker = worker_id()
         self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(concurrency)
@@ -134,6 +137,7 @@ class Runner:
         self._running[job.id] = running
         write = functools.partial(self.store.record, job.id, job.token)
         flusher = asyncio.create_task(context._flush_loop(write))
+        started = time.monotonic()
         try:
             running.task = asyncio.create_task(self._attempt(running))
             outcome = await running.task
@@ -155,6 +159,9 @@ class Runner:
         finished = await self.store.finish(job.id, job.token, outcome)
         if finished is None:
             logger.warning("job %s: lease lost before it finished; its outcome is dropped", job.id)
+            return
+        self.metrics.duration.labels(job.name).observe(time.monotonic() - started)
+        self.metrics.finished.labels(job.name, finished.status.value).inc()
 
     async def _attempt(self, running: _Running) -> Outcome:
         job, definition, context = running.job, running.definition, running.context
