@@ -112,7 +112,9 @@ class JobContext:
         events, progress = self._take()
         if not events:
             return True
-        return await write(events, progress)
+        # Shielded: a write that has begun completes (and is published) even if
+        # the flusher is cancelled because the job just ended.
+        return await asyncio.shield(write(events, progress))
 
     async def _flush_loop(self, write: Write) -> None:
         """Run beside the job: flush at most every FLUSH_INTERVAL_S while it runs."""

@@ -97,6 +97,8 @@ class Runner:
         self.store.hub.work_available()  # wakes the claim loop so it sees _stopping
         if self._executions:
             await asyncio.wait(self._executions, timeout=grace_s)
+        for running in self._running.values():
+            running.context._cancel()  # sync jobs still in their threads: ask them to stop
         for task in [*self._executions, *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._executions, *self._tasks, return_exceptions=True)
