@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,9 +19,11 @@ from outlast.core import Outlast
 from outlast.exceptions import ConfigError, OutlastError
 from outlast.http import find_outlast
 from outlast.jobs import JobStatus
+from outlast.runner import JOB_THREAD_PREFIX
 from outlast.settings import Settings
 from outlast.stores import JobStore, ListQuery, open_store
 from outlast.stores.base import MAX_LIST_LIMIT
+from outlast.stores.sqlite import path_from_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -57,6 +61,8 @@ def load_target(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="TARGET") from exc
+    except OutlastError as exc:  # e.g. a bad OUTLAST_* variable, read when the module builds its Outlast
+        raise click.UsageError(f"{module_name}: {exc.message}") from exc
     try:
         target = module
         for part in attr.split("."):
@@ -143,6 +149,12 @@ async def _work(ot: Outlast) -> None:
     async with ot.lifespan():
         await stop.wait()
         click.echo("outlast worker: stopping; running jobs may finish", err=True)
+    lingering = [t for t in threading.enumerate() if t.name.startswith(JOB_THREAD_PREFIX) and t.is_alive()]
+    if lingering:
+        # Sync jobs that ignored ctx.cancelled: their leases lapse and other
+        # workers take them; this process need not wait for them.
+        click.echo(f"outlast worker: {len(lingering)} sync job(s) did not stop; exiting anyway", err=True)
+        os._exit(0)
 
 
 # -- jobs ------------------------------------------------------------------------------
@@ -162,6 +174,16 @@ def jobs() -> None:
 
 
 def _with_store(fn: Callable[[JobStore], Coroutine[Any, Any, T]], url: str) -> T:
+    if url.startswith("memory:"):
+        raise click.UsageError("a memory:// store lives inside one process: name a SQLite file or a Redis URL")
+    if url.startswith("sqlite:"):
+        try:
+            path = Path(path_from_url(url))
+        except ConfigError as exc:
+            raise click.UsageError(exc.message) from exc
+        if not path.exists():
+            raise click.ClickException(f"no store at {path}")
+
     async def run() -> T:
         try:
             store = open_store(url)

@@ -10,11 +10,15 @@ flooding the store or its watchers. The last progress is never dropped.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from outlast.exceptions import Cancelled
+
+logger = logging.getLogger("outlast.runner")
 
 FLUSH_INTERVAL_S = 0.1
 MAX_PENDING_LOGS = 1000
@@ -50,12 +54,18 @@ class JobContext:
         self._logs: list[dict[str, Any]] = []
         self._dropped_logs = 0
         self._dirty = asyncio.Event()
+        self._wake_pending = False
+        self._inflight: asyncio.Future[bool] | None = None
 
     # -- for the job's code ------------------------------------------------------
 
     def progress(self, current: float, total: float | None = None, message: str | None = None) -> _Done:
         """Report how far the job has come, e.g. `ctx.progress(3, 10, "aggregating")`."""
-        progress: dict[str, Any] = {"current": current, "total": total, "message": _clip(message)}
+        progress: dict[str, Any] = {
+            "current": _number("current", current),
+            "total": None if total is None else _number("total", total),
+            "message": None if message is None else _clip(str(message)),
+        }
         with self._lock:
             self._progress = progress
         self._mark_dirty()
@@ -92,13 +102,19 @@ class JobContext:
             running = None
         if running is self._loop:
             self._dirty.set()
-        else:
-            self._loop.call_soon_threadsafe(self._dirty.set)
+            return
+        # From a sync job's thread: one wake-up per flush, however many reports.
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self._loop.call_soon_threadsafe(self._dirty.set)
 
     def _take(self) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any] | None]:
         with self._lock:
             progress, logs, dropped = self._progress, self._logs, self._dropped_logs
             self._progress, self._logs, self._dropped_logs = None, [], 0
+            self._wake_pending = False
         events: list[tuple[str, dict[str, Any]]] = [("log", line) for line in logs]
         if dropped:
             events.append(("log", {"level": "warning", "message": f"{dropped} log lines dropped (too many, too fast)"}))
@@ -114,21 +130,40 @@ class JobContext:
             return True
         # Shielded: a write that has begun completes (and is published) even if
         # the flusher is cancelled because the job just ended.
-        return await asyncio.shield(write(events, progress))
+        self._inflight = asyncio.ensure_future(write(events, progress))
+        return await asyncio.shield(self._inflight)
+
+    async def _drain(self, write: Write) -> bool:
+        """After the job: let a write under way land, then write what is left."""
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+        return await self._flush(write)
 
     async def _flush_loop(self, write: Write) -> None:
         """Run beside the job: flush at most every FLUSH_INTERVAL_S while it runs."""
         while True:
             await self._dirty.wait()
-            if not await self._flush(write):
-                return
+            try:
+                if not await self._flush(write):
+                    return  # the lease is lost: nothing more may be written
+            except Exception:
+                # Reports are dropped, the job goes on; its outcome is still written.
+                logger.exception("job %s: writing its progress failed", self.job_id)
             await asyncio.sleep(FLUSH_INTERVAL_S)
 
     def _cancel(self) -> None:
         self._cancelled.set()
 
 
-def _clip(message: str | None) -> str | None:
-    if message is None or len(message) <= MAX_MESSAGE_CHARS:
+def _clip(message: str) -> str:
+    # Lone surrogates could not be stored as UTF-8: replace them.
+    message = message.encode("utf-8", "replace").decode("utf-8")
+    if len(message) <= MAX_MESSAGE_CHARS:
         return message
     return message[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _number(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"progress {name} must be a finite number, not {value!r}")
+    return value

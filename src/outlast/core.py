@@ -115,11 +115,12 @@ class Outlast:
 
     async def start(self, *, workers: int | None = None) -> None:
         """Open the store and start the embedded workers (`workers` overrides the setting)."""
-        self._started += 1
-        if self._started > 1:
+        if self._started:
+            self._started += 1
             return
         store = open_store(self.settings.store)
         await store.open()
+        self._started = 1
         self._store = store
         concurrency = self.settings.workers if workers is None else workers
         runner = Runner(
@@ -130,6 +131,8 @@ class Outlast:
         await runner.start()
 
     async def stop(self) -> None:
+        if self._started == 0:
+            return
         self._started -= 1
         if self._started > 0:
             return
@@ -196,8 +199,9 @@ class Outlast:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not await listener.wait(remaining):
                     break
+                lagged = listener.lagged
                 events = listener.drain()
-                if listener.lagged or any(e.type == "status" for e in events):
+                if lagged or any(e.type == "status" for e in events):
                     job = await self.get(job_id)
         return job
 

@@ -58,7 +58,7 @@ class InvalidInput(OutlastError):
 
 
 class IdempotencyConflict(OutlastError):
-    """This Idempotency-Key was already used with another input."""
+    """This Idempotency-Key was already used for another job name or input."""
 
 
 class InvalidTransition(OutlastError):

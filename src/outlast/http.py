@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from outlast.exceptions import ConfigError
+from outlast.exceptions import ConfigError, UnknownJobName
 from outlast.jobs import Job, JobStatus
 from outlast.prefer import idempotency_key, int_param, json_object, preferences
 from outlast.problems import HTTPProblem, from_exception, problem
@@ -59,12 +59,45 @@ def retry_after(job: Job) -> str:
     return str(max(1, min(10, math.ceil(age_s / 10))))
 
 
-class Edge:
-    """The protocol's endpoints for one `Outlast`.
+def base_of(request: Request) -> str:
+    """Where the protocol's routes are: a `Mount` (or a proxy) extends `root_path`."""
+    return str(request.scope.get("root_path", ""))
 
-    Links are made from the request's `root_path`, which a `Mount` (or a proxy
-    that sets it) extends: they stay right wherever the routes are mounted.
-    """
+
+async def hold(ot: Outlast, job: Job, wait_s: float) -> Job:
+    """Wait up to `wait_s`, capped at the hold, for the job to end."""
+    wait_s = min(wait_s, ot.settings.hold_s)
+    if wait_s > 0 and not job.is_terminal:
+        return await ot.wait(job.id, wait_s)
+    return job
+
+
+def accepted(base: str, job: Job, *, respond_async: bool = False) -> JSONResponse:
+    """`202` + `Location` + `Retry-After`, with the job object."""
+    headers = {"Location": job_url(base, job.id), "Retry-After": retry_after(job)}
+    if respond_async:
+        headers["Preference-Applied"] = "respond-async"
+    return JSONResponse(job_json(base, job), status_code=202, headers=headers)
+
+
+def see_other(base: str, job: Job, hop: int) -> Response:
+    """`303` to the next link of the result chain; each hop's URL is distinct."""
+    headers = {"Location": job_url(base, job.id, f"/result?hop={hop}"), "Retry-After": retry_after(job)}
+    return Response(status_code=303, headers=headers)
+
+
+def terminal_result(job: Job) -> Response:
+    """What `/result` answers for a job that has ended."""
+    if job.status is JobStatus.SUCCEEDED:
+        return JSONResponse(job.result)
+    assert job.error is not None
+    if job.status is JobStatus.CANCELED:
+        return problem(409, job.error.message, type="canceled", title="The job was canceled")
+    return problem(job.error.status, job.error.message, type=job.error.type, title="The job failed")
+
+
+class Edge:
+    """The protocol's endpoints for one `Outlast`."""
 
     def __init__(self, ot: Outlast) -> None:
         self.ot = ot
@@ -82,18 +115,6 @@ class Edge:
             Route("/metrics", e(self.metrics), methods=["GET"]),
         ]
 
-    # -- helpers ------------------------------------------------------------------------
-
-    def job_url(self, request: Request, job_id: str, suffix: str = "") -> str:
-        return job_url(request.scope.get("root_path", ""), job_id, suffix)
-
-    def job_json(self, request: Request, job: Job) -> dict[str, Any]:
-        return job_json(request.scope.get("root_path", ""), job)
-
-    def accepted(self, request: Request, job: Job, extra: dict[str, str] | None = None) -> JSONResponse:
-        headers = {"Location": self.job_url(request, job.id), "Retry-After": retry_after(job), **(extra or {})}
-        return JSONResponse(self.job_json(request, job), status_code=202, headers=headers)
-
     async def load(self, request: Request) -> Job:
         return await self.ot.get(request.path_params["job_id"])
 
@@ -101,7 +122,8 @@ class Edge:
 
     async def submit(self, request: Request) -> Response:
         name = request.path_params["name"]
-        self.ot.definition(name)  # 404 for an unknown name, before reading the body
+        if not self.ot.definition(name).public:  # 404 for an unknown name, before reading the body
+            raise UnknownJobName(f"no job is named {name!r}")
         key = idempotency_key(request)
         prefs = preferences(request)
         body = await json_object(request, self.ot.settings.max_body)
@@ -110,54 +132,32 @@ class Edge:
             wait_s = prefs.wait_s
         else:
             wait_s = 0.0 if prefs.respond_async else self.ot.settings.default_wait
-        return await self.settle(request, job, wait_s, respond_async=prefs.respond_async)
-
-    async def settle(self, request: Request, job: Job, wait_s: float, *, respond_async: bool) -> Response:
-        """200 with the job if it ends within the wait (capped at the hold), else 202."""
-        wait_s = min(wait_s, self.ot.settings.hold_s)
-        if wait_s > 0 and not job.is_terminal:
-            job = await self.ot.wait(job.id, wait_s)
-        if job.is_terminal and not (respond_async and wait_s == 0):
-            headers = {"Preference-Applied": f"wait={wait_s:g}"} if wait_s > 0 else {}
-            return JSONResponse(self.job_json(request, job), headers=headers)
-        extra = {"Preference-Applied": "respond-async"} if respond_async else {}
-        return self.accepted(request, job, extra)
+        job = await hold(self.ot, job, wait_s)
+        if not job.is_terminal or (prefs.respond_async and wait_s == 0):
+            return accepted(base_of(request), job, respond_async=prefs.respond_async)
+        applied = min(wait_s, self.ot.settings.hold_s)
+        headers = {"Preference-Applied": f"wait={math.ceil(applied)}"} if applied > 0 else {}
+        return JSONResponse(job_json(base_of(request), job), headers=headers)
 
     async def status(self, request: Request) -> Response:
-        job = await self.load(request)
-        wait_s = min(preferences(request).wait_s or 0.0, self.ot.settings.hold_s)
-        if wait_s > 0 and not job.is_terminal:
-            job = await self.ot.wait(job.id, wait_s)
-        return JSONResponse(self.job_json(request, job))
+        job = await hold(self.ot, await self.load(request), preferences(request).wait_s or 0.0)
+        return JSONResponse(job_json(base_of(request), job))
 
     async def result(self, request: Request) -> Response:
         job = await self.load(request)
         hop = int_param(request, "hop", 0, 0, 1_000_000)
         prefs = preferences(request)
+        if not job.is_terminal and prefs.respond_async:
+            return accepted(base_of(request), job, respond_async=True)
+        job = await hold(self.ot, job, math.inf if prefs.wait_s is None else prefs.wait_s)
         if not job.is_terminal:
-            if prefs.respond_async:
-                return self.accepted(request, job, {"Preference-Applied": "respond-async"})
-            hold_s = min(self.ot.settings.hold_s, prefs.wait_s if prefs.wait_s is not None else math.inf)
-            job = await self.ot.wait(job.id, hold_s)
-        if not job.is_terminal:
-            location = self.job_url(request, job.id, f"/result?hop={hop + 1}")
-            headers = {"Location": location, "Retry-After": retry_after(job)}
-            return Response(status_code=303, headers=headers)
-        return self.terminal_result(job)
-
-    @staticmethod
-    def terminal_result(job: Job) -> Response:
-        if job.status is JobStatus.SUCCEEDED:
-            return JSONResponse(job.result)
-        assert job.error is not None
-        if job.status is JobStatus.CANCELED:
-            return problem(409, job.error.message, type="canceled", title="The job was canceled")
-        return problem(job.error.status, job.error.message, type=job.error.type, title="The job failed")
+            return see_other(base_of(request), job, hop + 1)
+        return terminal_result(job)
 
     async def cancel(self, request: Request) -> Response:
         job = await self.ot.cancel(request.path_params["job_id"])
         status = 202 if job.status is JobStatus.RUNNING else 200
-        return JSONResponse(self.job_json(request, job), status_code=status)
+        return JSONResponse(job_json(base_of(request), job), status_code=status)
 
     async def delete(self, request: Request) -> Response:
         await self.ot.delete(request.path_params["job_id"])
@@ -176,7 +176,7 @@ class Edge:
             limit=int_param(request, "limit", 50, 1, MAX_LIST_LIMIT),
             cursor=request.query_params.get("cursor"),
         )
-        return JSONResponse({"jobs": [self.job_json(request, job) for job in page.jobs], "next": page.next})
+        return JSONResponse({"jobs": [job_json(base_of(request), job) for job in page.jobs], "next": page.next})
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -65,6 +65,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def is_json(value: Any) -> bool:
+    """Whether `value` can be stored and served as strict JSON (no NaN, valid UTF-8)."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        return False
+    return True
+
+
 def input_fingerprint(name: str, input: dict[str, Any]) -> str:
     """What makes two submits "the same" for an Idempotency-Key."""
     return hashlib.sha256(canonical_json([name, input]).encode()).hexdigest()
@@ -86,6 +95,7 @@ class ErrorInfo:
         return cls(type=data["type"], message=data["message"], status=int(data.get("status", 500)))
 
 
+CANCEL_MESSAGE = "the job was canceled"
 WORKER_LOST = "worker_lost"
 TIMEOUT = "timeout"
 CANCELED = "canceled"
@@ -185,6 +195,8 @@ class Job:
         self._move(JobStatus.QUEUED)
         self.attempt += 1
         self.run_after = run_after
+        self.started_at = None
+        self.progress = None
         self.lease_until = None
         self.worker = None
         self.error = error
@@ -200,7 +212,7 @@ class Job:
         self.error = error
         self._end(now)
 
-    def cancel(self, now: float, message: str = "the job was canceled") -> None:
+    def cancel(self, now: float, message: str = CANCEL_MESSAGE) -> None:
         self._move(JobStatus.CANCELED)
         self.error = ErrorInfo(CANCELED, message, 409)
         self._end(now)
@@ -256,7 +268,7 @@ class Outcome:
         return cls(JobStatus.FAILED, error=error)
 
     @classmethod
-    def canceled(cls, message: str = "the job was canceled") -> Outcome:
+    def canceled(cls, message: str = CANCEL_MESSAGE) -> Outcome:
         return cls(JobStatus.CANCELED, error=ErrorInfo(CANCELED, message, 409))
 
     @classmethod
@@ -268,8 +280,9 @@ class Outcome:
         if self.status is JobStatus.SUCCEEDED:
             job.succeed(self.result, now)
         elif self.status is JobStatus.CANCELED:
-            assert self.error is not None
-            job.cancel(now, self.error.message)
+            job.cancel(now, self.error.message if self.error else CANCEL_MESSAGE)
+        elif self.status is JobStatus.QUEUED and job.cancel_requested:
+            job.cancel(now)  # a retry was due, but cancellation was asked for meanwhile
         elif self.status is JobStatus.QUEUED and job.attempt < job.max_attempts:
             assert self.error is not None
             assert self.retry_at is not None

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import typing
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from outlast.http import Edge, job_json, job_url, retry_after
+from outlast.http import accepted, hold, see_other, terminal_result
 from outlast.jobs import JobStatus
 from outlast.prefer import idempotency_key, parse_prefer
-from outlast.problems import from_exception
+from outlast.problems import from_exception, problem
 from outlast.registry import JobDefinition
 
 if TYPE_CHECKING:
@@ -46,7 +46,10 @@ def long_running(
     max_attempts: int | None,
 ) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
-        definition = JobDefinition.from_function(fn, name=name, timeout_s=timeout, max_attempts=max_attempts)
+        # Not public: the job runs only through its route (and the route's own auth).
+        definition = JobDefinition.from_function(
+            fn, name=name, timeout_s=timeout, max_attempts=max_attempts, public=False
+        )
         ot.add_job(definition)
         endpoint = _endpoint(ot, definition)
         if path is None:
@@ -65,6 +68,8 @@ def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
         if len(args) == 1 and isinstance(args[0], Request) and not kwargs:
             # Starlette: parameters come from the query string and the path.
             request = args[0]
+            if request.method == "HEAD":  # Starlette adds HEAD to GET routes: start no job for it
+                return problem(405, "HEAD does not run this route; use GET", headers={"Allow": "GET"})
             given = {**request.query_params, **request.path_params}
             raw = {key: given[key] for key in parameters if key in given}
             as_response = True
@@ -88,21 +93,17 @@ async def _serve(
 ) -> Any:
     prefs = parse_prefer(request.headers.getlist("prefer"))
     job, _ = await ot.submit(definition.name, raw, idempotency_key=idempotency_key(request))
-    hold_s = ot.settings.hold_s
-    wait_s = min(prefs.wait_s, hold_s) if prefs.wait_s is not None else (0.0 if prefs.respond_async else hold_s)
-    if wait_s > 0:
-        job = await ot.wait(job.id, wait_s)
-    base = request.scope.get("root_path", "").rstrip("/") + ot.mount_path
+    wait_s = prefs.wait_s if prefs.wait_s is not None else (0.0 if prefs.respond_async else math.inf)
+    job = await hold(ot, job, wait_s)
+    # The protocol's routes hang off the app's root, wherever this route is.
+    base = str(request.scope.get("app_root_path", request.scope.get("root_path", ""))) + ot.mount_path
     if not job.is_terminal:
         if prefs.respond_async:
-            headers = {"Location": job_url(base, job.id), "Retry-After": retry_after(job)}
-            headers["Preference-Applied"] = "respond-async"
-            return JSONResponse(job_json(base, job), status_code=202, headers=headers)
-        location = job_url(base, job.id, "/result?hop=1")
-        return Response(status_code=303, headers={"Location": location, "Retry-After": retry_after(job)})
+            return accepted(base, job, respond_async=True)
+        return see_other(base, job, 1)
     if job.status is JobStatus.SUCCEEDED and not as_response:
         return job.result  # FastAPI renders it as it would the handler's own return value
-    return Edge.terminal_result(job)
+    return terminal_result(job)
 
 
 def _fastapi_signature(definition: JobDefinition) -> inspect.Signature:

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from outlast.jobs import is_json
 from outlast.problems import HTTPProblem
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -26,7 +27,8 @@ def parse_prefer(header_values: list[str]) -> Preferences:
     wait_s = None
     for value in header_values:
         for token in value.split(","):
-            key, _, raw = token.strip().partition("=")
+            preference = token.split(";", 1)[0]  # parameters after ";" are not used
+            key, _, raw = preference.strip().partition("=")
             key = key.strip().lower()
             if key == "respond-async":
                 respond_async = True
@@ -87,6 +89,9 @@ async def json_object(request: Request, max_bytes: int) -> dict[str, Any]:
             raise HTTPProblem(400, "Content-Length is not a number", type="bad_request")
         if int(declared) > max_bytes:
             raise _too_large(max_bytes)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise _unsupported()
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -94,18 +99,22 @@ async def json_object(request: Request, max_bytes: int) -> dict[str, Any]:
             raise _too_large(max_bytes)
     if not body.strip():
         return {}
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise HTTPProblem(
-            415, "send the input as JSON, with Content-Type: application/json", type="unsupported_media_type"
-        )
+    if not media_type:
+        raise _unsupported()
     try:
         value = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise HTTPProblem(400, "the body is not valid JSON", type="malformed_json") from None
     if not isinstance(value, dict):
         raise HTTPProblem(400, "the body must be a JSON object", type="malformed_json")
+    if not is_json(value):  # e.g. a lone surrogate, escaped as \\ud800
+        raise HTTPProblem(400, "the body holds text that is not valid Unicode", type="malformed_json")
     return value
+
+
+def _unsupported() -> HTTPProblem:
+    message = "send the input as JSON, with Content-Type: application/json"
+    return HTTPProblem(415, message, type="unsupported_media_type")
 
 
 def _reject_constant(name: str) -> Any:

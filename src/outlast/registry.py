@@ -35,6 +35,8 @@ class JobDefinition:
     backoff_s: float = 1.0
     backoff_max_s: float = 300.0
     retention_s: float | None = None
+    # False for the jobs of long-running routes: `POST /jobs/{name}` does not run them.
+    public: bool = True
 
     @classmethod
     def from_function(cls, fn: JobFunction, *, name: str | None = None, **options: Any) -> JobDefinition:

@@ -13,7 +13,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import json
 import logging
 import os
 import random
@@ -24,9 +23,9 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from outlast.context import JobContext
+from outlast.context import JobContext, Write
 from outlast.exceptions import Cancelled, JobError, RetryableError
-from outlast.jobs import TIMEOUT, ErrorInfo, Job, JobStatus, Outcome
+from outlast.jobs import TIMEOUT, ErrorInfo, Job, JobStatus, Outcome, is_json
 from outlast.metrics import Metrics
 from outlast.registry import JobDefinition
 from outlast.stores.base import JobStore
@@ -37,6 +36,7 @@ IDLE_POLL_S = 1.0
 TICK_S = 1.0
 PURGE_EVERY_S = 60.0
 DEFAULT_GRACE_S = 10.0
+JOB_THREAD_PREFIX = "outlast-job"
 
 
 @dataclasses.dataclass(slots=True)
@@ -45,8 +45,15 @@ class _Running:
     context: JobContext
     definition: JobDefinition
     task: asyncio.Task[Outcome] | None = None
+    thread: asyncio.Future[Any] | None = None
     cancel_requested: bool = False
     lost: bool = False
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def worker_id() -> str:
@@ -71,7 +78,7 @@ class Runner:
         self.worker = worker_id()
         self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(concurrency)
-        self._threads = ThreadPoolExecutor(max_workers=max(concurrency, 1), thread_name_prefix="outlast-job")
+        self._threads = ThreadPoolExecutor(max_workers=max(concurrency, 1), thread_name_prefix=JOB_THREAD_PREFIX)
         self._tasks: list[asyncio.Task[None]] = []
         self._executions: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -141,29 +148,59 @@ class Runner:
         flusher = asyncio.create_task(context._flush_loop(write))
         started = time.monotonic()
         try:
-            running.task = asyncio.create_task(self._attempt(running))
-            outcome = await running.task
+            outcome = await self._outcome(running)
+            await _stop(flusher)
+            if outcome is not None:
+                await self._finish(running, write, outcome, time.monotonic() - started)
+        finally:
+            self._running.pop(job.id, None)
+            await _stop(flusher)
+            if running.thread is not None and not running.thread.done():
+                # A sync job that timed out or was abandoned still holds its
+                # thread: keep its slot until the thread is free again.
+                logger.warning("job %s: waiting for its sync function to return", job.id)
+                await asyncio.wait([running.thread])
+
+    async def _outcome(self, running: _Running) -> Outcome | None:
+        """How the attempt ended; None if it was abandoned (lease lost, shutting down)."""
+        running.task = asyncio.create_task(self._attempt(running))
+        try:
+            return await running.task
         except asyncio.CancelledError:
             if running.lost or self._stopping.is_set():
-                return  # abandoned: the lease will expire and someone retries it
+                return None  # the lease will expire and someone retries it
+            current = asyncio.current_task()
+            if running.cancel_requested and current is not None and not current.cancelling():
+                return Outcome.canceled()  # cancelled before the job's code even began
             raise
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            del self._running[job.id]
+
+    async def _finish(self, running: _Running, write: Write, outcome: Outcome, duration_s: float) -> None:
+        job = running.job
         if running.lost:
             logger.warning("job %s: lease lost, its outcome is dropped", job.id)
             return
-        await context._flush(write)
         if running.cancel_requested and outcome.status is not JobStatus.CANCELED:
             outcome = Outcome.canceled()
-        finished = await self.store.finish(job.id, job.token, outcome)
+        try:
+            await running.context._drain(write)
+            finished = await self.store.finish(job.id, job.token, outcome)
+        except Exception:
+            logger.exception("job %s: its outcome could not be stored", job.id)
+            error = ErrorInfo("store_error", "the job's outcome could not be stored", 500)
+            try:
+                finished = await self.store.finish(job.id, job.token, Outcome.failed(error))
+            except Exception:
+                logger.exception("job %s: not even its failure could be stored; its lease will expire", job.id)
+                return
         if finished is None:
             logger.warning("job %s: lease lost before it finished; its outcome is dropped", job.id)
             return
-        self.metrics.duration.labels(job.name).observe(time.monotonic() - started)
+        self.metrics.duration.labels(job.name).observe(duration_s)
         self.metrics.finished.labels(job.name, finished.status.value).inc()
+        if finished.status is JobStatus.QUEUED:
+            # A retry: come back for it when it is due, not at the next idle poll.
+            delay_s = max(0.0, finished.run_after - time.time())
+            asyncio.get_running_loop().call_later(delay_s, self.store.hub.work_available)
 
     async def _attempt(self, running: _Running) -> Outcome:
         job, definition, context = running.job, running.definition, running.context
@@ -176,7 +213,7 @@ class Runner:
         timeout = asyncio.timeout(definition.timeout_s)
         try:
             async with timeout:
-                result = await self._call(definition, arguments)
+                result = await self._call(running, arguments)
         except asyncio.CancelledError:
             if running.cancel_requested and not running.lost:
                 return Outcome.canceled()
@@ -185,20 +222,22 @@ class Runner:
             if not timeout.expired():
                 return self._failure(job, definition, exc)
             context._cancel()  # a sync job's thread goes on: tell it to stop
-            return Outcome.failed(ErrorInfo(TIMEOUT, f"the job ran longer than {definition.timeout_s:g} s", 504))
+            return Outcome.failed(ErrorInfo(TIMEOUT, f"the job ran longer than {definition.timeout_s:g} s", 500))
         except Exception as exc:
             return self._failure(job, definition, exc)
-        try:
-            json.dumps(result)
-        except (TypeError, ValueError) as exc:
-            return Outcome.failed(ErrorInfo("result_not_serializable", f"the job's result is not JSON: {exc}", 500))
+        if not is_json(result):
+            message = f"the job returned a {type(result).__name__}, which is not JSON (no NaN, no lone surrogates)"
+            return Outcome.failed(ErrorInfo("result_not_serializable", message, 500))
         return Outcome.succeeded(result)
 
-    async def _call(self, definition: JobDefinition, arguments: dict[str, Any]) -> Any:
+    async def _call(self, running: _Running, arguments: dict[str, Any]) -> Any:
+        definition = running.definition
         if definition.is_async:
             return await definition.fn(**arguments)
         call = functools.partial(contextvars.copy_context().run, definition.fn, **arguments)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+        running.thread = asyncio.get_running_loop().run_in_executor(self._threads, call)
+        # Shielded: a timeout or a cancel stops the wait, not the thread (which can't be stopped).
+        return await asyncio.shield(running.thread)
 
     def _failure(self, job: Job, definition: JobDefinition, exc: BaseException) -> Outcome:
         if isinstance(exc, Cancelled):
@@ -206,7 +245,9 @@ class Runner:
         if isinstance(exc, JobError):
             error = ErrorInfo(exc.type, exc.message, exc.status)
         else:
-            error = ErrorInfo(type(exc).__name__, str(exc) or type(exc).__name__, 500)
+            # The message may hold anything (a connection string, a user's data): it
+            # goes to the log, and clients only learn the exception's type.
+            error = ErrorInfo(type(exc).__name__, "the job raised an unexpected error", 500)
             logger.warning("job %s (%s) raised %s", job.id, job.name, type(exc).__name__, exc_info=exc)
         if isinstance(exc, (RetryableError, *definition.retry_on)):
             delay_s = exc.delay_s if isinstance(exc, RetryableError) and exc.delay_s is not None else None

@@ -125,7 +125,7 @@ async def test_cancel_tells_a_running_sync_job(ot: Outlast):
 async def test_timeout_fails_the_attempt(ot: Outlast):
     job = await run(ot, "slow")
     assert job.status is JobStatus.FAILED
-    assert job.error is not None and (job.error.type, job.error.status) == ("timeout", 504)
+    assert job.error is not None and (job.error.type, job.error.status) == ("timeout", 500)
 
 
 async def test_retryable_errors_run_again_until_they_succeed(ot: Outlast):

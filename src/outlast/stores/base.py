@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -118,7 +119,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, job_id = json.loads(raw)
-        if not isinstance(job_id, str) or not isinstance(created_at, (int, float)):
+        if not isinstance(job_id, str) or isinstance(created_at, bool) or not isinstance(created_at, (int, float)):
+            raise ValueError
+        job_id.encode()  # no lone surrogates
+        if not math.isfinite(created_at):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidRequest("the cursor is not one this server gave out") from exc

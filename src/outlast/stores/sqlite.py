@@ -104,7 +104,10 @@ def path_from_url(url: str) -> str:
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise ConfigError(f"a SQLite store URL looks like sqlite:///outlast.db, not {url!r}")
-    return url[len(prefix) :]
+    path = url[len(prefix) :]
+    if path == ":memory:":
+        raise ConfigError("an in-memory SQLite database can't be shared by outlast's connections: use memory://")
+    return path
 
 
 def _dumps(value: Any) -> str:
@@ -552,12 +555,12 @@ class SQLiteStore:
         while True:
             try:
                 rows = await self._reader.run(read)
-            except sqlite3.Error:
+                for row in rows:
+                    self._seen_rowid = row[0]
+                    if row[4] is not None:
+                        self.hub.publish(Event(row[1], row[2], row[3], json.loads(row[4])))
+            except Exception:
                 logger.exception("reading the events of other processes failed; retrying")
                 rows = []
-            for row in rows:
-                self._seen_rowid = row[0]
-                if row[4] is not None:
-                    self.hub.publish(Event(row[1], row[2], row[3], json.loads(row[4])))
             if len(rows) < POLL_BATCH:
                 await asyncio.sleep(self.poll_interval_s)
