@@ -77,6 +77,7 @@ def configured(spec: str, flags: dict[str, Any]) -> tuple[Any, Outlast]:
     try:
         ot = find_outlast(target)
         ot.configure(**flags)
+        open_store(ot.settings.store)  # a store URL we can't serve fails here, not at start-up
     except ConfigError as exc:
         raise click.UsageError(exc.message) from exc
     return target, ot

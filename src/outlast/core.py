@@ -44,6 +44,7 @@ class Outlast:
         self.routes: list[BaseRoute] = []
         # Where the protocol's routes are, relative to the app's root.
         self.mount_path = ""
+        self._app_built = False
         self.metrics = Metrics()
         self._store: JobStore | None = None
         self._runner: Runner | None = None
@@ -118,6 +119,9 @@ class Outlast:
         if self._started:
             self._started += 1
             return
+        if self.settings.api_keys:
+            # Refuse rather than serve without the protection the operator asked for.
+            raise ConfigError("api_keys is set, but authentication is not part of this version yet")
         store = open_store(self.settings.store)
         await store.open()
         self._started = 1
@@ -232,6 +236,7 @@ class Outlast:
         """An ASGI app serving the protocol's routes, which starts and stops outlast."""
         from outlast.http import build_app
 
+        self._app_built = True
         return build_app(self, **starlette_options)
 
     def mount(self, app: ASGIApp, path: str = "") -> None:
@@ -256,4 +261,6 @@ class Outlast:
         """
         from outlast.long_running import long_running
 
+        if path is not None and self._app_built:
+            raise ConfigError("declare long-running routes before calling ot.app(): it serves the routes it knew")
         return long_running(self, path, methods=methods, name=name, timeout=timeout, max_attempts=max_attempts)

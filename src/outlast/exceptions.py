@@ -117,7 +117,7 @@ class RetryableError(JobError):
 
 
 class Cancelled(JobError):
-    """The job was cancelled."""
+    """The job was canceled."""
 
     default_type = "canceled"
 

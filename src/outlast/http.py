@@ -59,6 +59,10 @@ def retry_after(job: Job) -> str:
     return str(max(1, min(10, math.ceil(age_s / 10))))
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
 def base_of(request: Request) -> str:
     """Where the protocol's routes are: a `Mount` (or a proxy) extends `root_path`."""
     return str(request.scope.get("root_path", ""))
@@ -136,7 +140,7 @@ class Edge:
         if not job.is_terminal or (prefs.respond_async and wait_s == 0):
             return accepted(base_of(request), job, respond_async=prefs.respond_async)
         applied = min(wait_s, self.ot.settings.hold_s)
-        headers = {"Preference-Applied": f"wait={math.ceil(applied)}"} if applied > 0 else {}
+        headers = {"Preference-Applied": f"wait={_seconds(applied)}"} if applied > 0 else {}
         return JSONResponse(job_json(base_of(request), job), headers=headers)
 
     async def status(self, request: Request) -> Response:

@@ -17,4 +17,6 @@ def open_store(url: str) -> JobStore:
         return MemoryStore()
     if scheme == "sqlite":
         return SQLiteStore.from_url(url)
+    if scheme in ("redis", "rediss"):
+        raise ConfigError("the Redis store is not part of this version yet: use sqlite:///path.db")
     raise ConfigError(f"no store for {url!r}: use sqlite:///path.db or memory://")
