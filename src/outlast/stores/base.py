@@ -124,7 +124,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         job_id.encode()  # no lone surrogates
         if not math.isfinite(created_at):
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeError, RecursionError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeError, RecursionError) as exc:
         raise InvalidRequest("the cursor is not one this server gave out") from exc
     return float(created_at), job_id
 
