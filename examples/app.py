@@ -6,6 +6,9 @@
   `curl -L` gets its answer through the 303 chain, whatever the gateway.
 - `POST /jobs/report` with `{"delay": 2000, "rows": 500}`: waits `delay`
   milliseconds, builds `rows` dummy rows, returns a summary, with progress.
+- Over the WebSocket, `{"action": "generateReport", "delay": 2000,
+  "amountOfRows": 500}`: the same report, by the names the seed article uses.
+- `GET /`: a page that lists jobs live and generates reports.
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ async def report(
         "mean": round(statistics.fmean(amounts), 2) if amounts else None,
         "max": max(amounts, default=None),
     }
+
+
+@ot.job(name="generateReport")
+async def generate_report(
+    ctx: JobContext,
+    delay: Annotated[float, Field(ge=0, le=3_600_000)] = 2000,
+    amountOfRows: Annotated[int, Field(ge=0, le=1_000_000)] = 500,
+) -> dict[str, Any]:
+    """The seed's WebSocket action: `{"action": "generateReport", "delay": 2000, "amountOfRows": 500}`."""
+    return await report(ctx, delay=delay, rows=amountOfRows)
 
 
 app = ot.app()

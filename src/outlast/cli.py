@@ -119,7 +119,20 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
     click.echo(
         f"outlast: store {ot.settings.store}, hold {ot.settings.hold_s:g} s, {ot.settings.workers} workers", err=True
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        # WebSocket (PROTOCOL.md): ping every 20 s, drop what does not answer; the
+        # size limit is checked per message by outlast (close 1009).
+        ws="websockets",
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        ws_max_size=max(ot.settings.max_body * 4 + 1024, 1 << 20),
+    )
 
 
 @main.command()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from outlast.exceptions import ConfigError, JobNotFound, UnknownJobName
 from outlast.jobs import Job, JobStatus
 from outlast.metrics import Metrics
+from outlast.positions import PositionTracker
 from outlast.registry import JobDefinition
 from outlast.runner import Runner
 from outlast.settings import Settings
@@ -48,6 +49,7 @@ class Outlast:
         self.metrics = Metrics()
         self._store: JobStore | None = None
         self._runner: Runner | None = None
+        self._positions: PositionTracker | None = None
         self._started = 0
 
     # -- configuration -------------------------------------------------------------
@@ -114,6 +116,12 @@ class Outlast:
             raise ConfigError("outlast is not started: use `async with ot.lifespan():` or serve `ot.app()`")
         return self._store
 
+    @property
+    def positions(self) -> PositionTracker:
+        if self._positions is None:
+            raise ConfigError("outlast is not started")
+        return self._positions
+
     async def start(self, *, workers: int | None = None) -> None:
         """Open the store and start the embedded workers (`workers` overrides the setting)."""
         if self._started:
@@ -126,6 +134,8 @@ class Outlast:
         await store.open()
         self._started = 1
         self._store = store
+        self._positions = PositionTracker(store)
+        self._positions.start()
         concurrency = self.settings.workers if workers is None else workers
         runner = Runner(
             store, self.registry, concurrency=concurrency, lease_s=self.settings.lease, metrics=self.metrics
@@ -143,6 +153,9 @@ class Outlast:
         if self._runner is not None:
             await self._runner.stop()
             self._runner = None
+        if self._positions is not None:
+            await self._positions.stop()
+            self._positions = None
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -232,12 +245,15 @@ class Outlast:
 
     # -- the web edge ------------------------------------------------------------------
 
-    def app(self, **starlette_options: Any) -> Starlette:
-        """An ASGI app serving the protocol's routes, which starts and stops outlast."""
+    def app(self, *, dashboard: bool = True, **starlette_options: Any) -> Starlette:
+        """An ASGI app serving the protocol's routes, which starts and stops outlast.
+
+        With `dashboard`, `GET /` serves a page that lists jobs live and submits them.
+        """
         from outlast.http import build_app
 
         self._app_built = True
-        return build_app(self, **starlette_options)
+        return build_app(self, dashboard=dashboard, **starlette_options)
 
     def mount(self, app: ASGIApp, path: str = "") -> None:
         """Add the protocol's routes (under `path`) to an existing Starlette or FastAPI app."""

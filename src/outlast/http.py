@@ -7,15 +7,18 @@ import functools
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp
+from starlette.websockets import WebSocket
 
+from outlast import streams
 from outlast.exceptions import ConfigError, UnknownJobName
 from outlast.jobs import Job, JobStatus
 from outlast.prefer import idempotency_key, int_param, json_object, preferences
@@ -115,6 +118,9 @@ class Edge:
             Route("/jobs/{job_id}", e(self.delete), methods=["DELETE"]),
             Route("/jobs/{job_id}/result", e(self.result), methods=["GET"]),
             Route("/jobs/{job_id}/cancel", e(self.cancel), methods=["POST"]),
+            Route("/jobs/{job_id}/events", e(self.events), methods=["GET"]),
+            Route("/events", e(self.status_events), methods=["GET"]),
+            WebSocketRoute("/ws", self.websocket),
             Route("/healthz", e(self.healthz), methods=["GET"]),
             Route("/metrics", e(self.metrics), methods=["GET"]),
         ]
@@ -182,6 +188,17 @@ class Edge:
         )
         return JSONResponse({"jobs": [job_json(base_of(request), job) for job in page.jobs], "next": page.next})
 
+    async def events(self, request: Request) -> Response:
+        return await streams.job_events(self.ot, request)
+
+    async def status_events(self, request: Request) -> Response:
+        return await streams.status_events(self.ot, request)
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        from outlast.ws import websocket_endpoint  # ws builds on this module's job_json
+
+        await websocket_endpoint(self.ot, websocket)
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -202,13 +219,22 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return from_exception(exc)
 
 
-def build_app(ot: Outlast, **starlette_options: Any) -> Starlette:
+DASHBOARD = Path(__file__).parent / "web" / "index.html"
+
+
+async def _dashboard(request: Request) -> Response:
+    return FileResponse(DASHBOARD, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+
+def build_app(ot: Outlast, *, dashboard: bool = True, **starlette_options: Any) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with ot.lifespan():
             yield
 
     routes = [*Edge(ot).routes(), *ot.routes]
+    if dashboard:
+        routes.append(Route("/", _dashboard, methods=["GET"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -62,17 +62,25 @@ class Hub:
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[Listener]] = {}
+        self._status_listeners: set[Listener] = set()
+        self._observers: set[Callable[[Event], None]] = set()
         self._work = asyncio.Event()
         self._cancel_callbacks: set[Callable[[str], None]] = set()
 
     def publish(self, event: Event) -> None:
         for listener in self._listeners.get(event.job_id, ()):
             listener._push(event)
-        if event.type == "status" and event.data.get("status") == "queued":
-            self._work.set()
+        if event.type == "status":
+            for listener in self._status_listeners:
+                listener._push(event)
+            for observer in self._observers:
+                observer(event)
+            if event.data.get("status") == "queued":
+                self._work.set()
 
     @contextmanager
     def listen(self, job_id: str) -> Iterator[Listener]:
+        """The live events of one job."""
         listener = Listener(job_id)
         self._listeners.setdefault(job_id, set()).add(listener)
         try:
@@ -84,9 +92,27 @@ class Hub:
                 if not listeners:
                     del self._listeners[job_id]
 
+    @contextmanager
+    def listen_status(self) -> Iterator[Listener]:
+        """The live status changes of every job (for dashboards)."""
+        listener = Listener("*")
+        self._status_listeners.add(listener)
+        try:
+            yield listener
+        finally:
+            self._status_listeners.discard(listener)
+
+    def observe_status(self, observer: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `observer` with every status event; returns the function that stops it."""
+        self._observers.add(observer)
+        return lambda: self._observers.discard(observer)
+
+    def is_listened(self, job_id: str) -> bool:
+        return job_id in self._listeners
+
     @property
     def listener_count(self) -> int:
-        return sum(len(s) for s in self._listeners.values())
+        return sum(len(s) for s in self._listeners.values()) + len(self._status_listeners)
 
     # -- work and cancellation, for runners ----------------------------------
 

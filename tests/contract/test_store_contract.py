@@ -302,3 +302,13 @@ async def test_terminal_status_never_changes(store: JobStore):
     await store.request_cancel(job.id)
     assert await store.finish(job.id, claimed.token, Outcome.succeeded(1)) is None
     assert (await store.get(job.id)).status is JobStatus.FAILED  # type: ignore[union-attr]
+
+
+async def test_queue_positions_of_many_jobs_at_once(store: JobStore):
+    jobs = [(await store.create(new_job()))[0] for _ in range(4)]
+    await store.create(new_job(name="other"))
+    await store.claim("w", ["report"], 30)
+    positions = await store.queue_positions("report", [j.id for j in jobs])
+    assert positions == {jobs[1].id: 0, jobs[2].id: 1, jobs[3].id: 2}
+    assert await store.queue_positions("report", []) == {}
+    assert await store.queue_positions("other", [jobs[1].id]) == {}

@@ -75,6 +75,9 @@ class JobStore(Protocol):
         Raises `JobNotFinished` for a job that is not terminal.
         """
 
+    async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
+        """Where these jobs stand in the queue of `name` (0 = next); jobs not queued are left out."""
+
     async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
         """Atomically take the next due job of one of `names`: it is running,
         leased to `worker` until now + `lease_s`, and `job.token` is its new

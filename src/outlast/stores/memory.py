@@ -112,6 +112,14 @@ class MemoryStore:
         if job.idempotency_key is not None:
             self._keys.pop((job.owner, job.idempotency_key), None)
 
+    async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
+        queue = sorted(
+            (j for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.name == name),
+            key=lambda j: self._order[j.id],
+        )
+        wanted = set(job_ids)
+        return {job.id: position for position, job in enumerate(queue) if job.id in wanted}
+
     async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
         now = time.time()
         due = [

@@ -388,6 +388,21 @@ class SQLiteStore:
         conn.executemany("DELETE FROM events WHERE job_id = ?", [(i,) for i in job_ids])
         conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
 
+    async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        sql = (
+            "SELECT id, position FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY qorder) - 1 AS position"
+            f" FROM jobs WHERE status = 'queued' AND name = ?) WHERE id IN ({marks})"
+        )
+
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            return {row[0]: int(row[1]) for row in conn.execute(sql, [name, *ids])}
+
+        return await self._reader.run(read)
+
     async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
         if not names:
             return None

@@ -1,0 +1,142 @@
+"""Following a job's events: the stored ones after a cursor, then live ones.
+
+`follow()` is what both the Server-Sent Events endpoint and the WebSocket hub
+stream from. It starts listening before it reads the store, so nothing that
+happens in between is lost; it skips what it already sent, so nothing is
+repeated; and when the live feed has a gap (a slow reader whose buffer
+overflowed, an event relayed late from another node) it reads the gap back
+from the store, which is the source of truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from outlast.jobs import TERMINAL, Event, JobStatus
+from outlast.problems import HTTPProblem
+
+if TYPE_CHECKING:
+    from outlast.core import Outlast
+
+HEARTBEAT_S = 15.0
+RETRY_MS = 2000
+PAGE = 500
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
+
+
+def is_terminal_event(event: Event) -> bool:
+    return event.type == "status" and event.data.get("status") in TERMINAL_VALUES
+
+
+async def follow(
+    ot: Outlast, job_id: str, after: int, *, heartbeat_s: float = HEARTBEAT_S
+) -> AsyncIterator[Event | None]:
+    """The job's events with seq > `after`, in order, then live ones; None when idle for `heartbeat_s`.
+
+    Ends after the terminal status event. `position` events (seq None) are
+    passed through as they come.
+    """
+    store = ot.store
+    with store.hub.listen(job_id) as listener, contextlib.ExitStack() as watching:
+        cursor = after
+        watched = False
+        while True:
+            while True:  # catch up from the store
+                events = await store.events(job_id, cursor, PAGE)
+                for event in events:
+                    yield event
+                    cursor = event.seq if event.seq is not None else cursor
+                    if is_terminal_event(event):
+                        return
+                if len(events) < PAGE:
+                    break
+            if not watched:
+                # Positions while queued: the job's current state says whether it is.
+                job = await store.get(job_id)
+                if job is not None and job.status is JobStatus.QUEUED:
+                    watching.enter_context(ot.positions.watch(job_id, job.name, job.queue_position))
+                    yield Event(job_id, None, "position", {"queue_position": job.queue_position})
+                watched = True
+            while True:  # live
+                if not await listener.wait(heartbeat_s):
+                    yield None
+                    continue
+                lagged = listener.lagged
+                gap = False
+                for event in listener.drain():
+                    if event.seq is None:
+                        yield event
+                    elif event.seq == cursor + 1:
+                        yield event
+                        cursor = event.seq
+                        if is_terminal_event(event):
+                            return
+                        if event.type == "status" and event.data.get("status") != "queued":
+                            watching.close()  # no longer queued: no more positions
+                    elif event.seq > cursor + 1:
+                        gap = True
+                        break
+                if gap or lagged:
+                    break
+
+
+# -- Server-Sent Events ---------------------------------------------------------------
+
+
+def sse_message(event: Event) -> str:
+    data = json.dumps(event.data, separators=(",", ":"), ensure_ascii=False)
+    head = "" if event.seq is None else f"id: {event.seq}\n"
+    return f"{head}event: {event.type}\ndata: {data}\n\n"
+
+
+def sse_cursor(request: Request) -> int:
+    """`Last-Event-ID` (what a reconnecting EventSource sends), else `?after=`, else 0."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not raw.isdigit() or len(raw) > 18:
+        raise HTTPProblem(400, "the cursor (Last-Event-ID or after) must be an event number", type="bad_request")
+    return int(raw)
+
+
+async def job_events(ot: Outlast, request: Request) -> Response:
+    """`GET /jobs/{id}/events` (PROTOCOL.md, "Events")."""
+    job = await ot.get(request.path_params["job_id"])
+    after = sse_cursor(request)
+    if job.is_terminal and after >= job.last_seq:
+        return Response(status_code=204)  # stops a browser's EventSource from reconnecting
+
+    async def stream() -> AsyncIterator[str]:
+        yield f"retry: {RETRY_MS}\n\n"
+        async for event in follow(ot, job.id, after):
+            yield ": ping\n\n" if event is None else sse_message(event)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def status_events(ot: Outlast, request: Request) -> Response:
+    """`GET /events`: every job's status changes, live only (a dashboard's job list)."""
+
+    async def stream() -> AsyncIterator[str]:
+        yield f"retry: {RETRY_MS}\n\n"
+        with ot.store.hub.listen_status() as listener:
+            while True:
+                if not await listener.wait(HEARTBEAT_S):
+                    yield ": ping\n\n"
+                    continue
+                if listener.lagged:
+                    yield "event: lagged\ndata: {}\n\n"  # some were dropped: reload the list
+                for event in listener.drain():
+                    yield sse_message(Event(event.job_id, None, "status", _summary(event.data)))
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _summary(job: dict[str, Any]) -> dict[str, Any]:
+    # The whole job object, but not its result: a dashboard fetches that if it wants it.
+    return {key: value for key, value in job.items() if key != "result"}

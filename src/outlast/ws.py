@@ -1,0 +1,228 @@
+"""`WS /ws`: submit, subscribe, cancel over one WebSocket (PROTOCOL.md, "WebSocket").
+
+Text frames, one JSON object each. Besides the named actions, any registered
+job's name is an action of its own (the route-key style of API Gateway
+WebSocket APIs). A message that can't be served gets an `error` message and the
+connection stays open; one over the size limit closes it with 1009.
+
+Each subscription follows its job with `streams.follow`, so it replays from a
+cursor and never loses or repeats an event. A client that stops reading blocks
+only its own sends; after `SEND_TIMEOUT_S` its connection is closed (it can
+reconnect and resume with `after`). Keepalive pings are the server's
+(`outlast serve` has uvicorn ping every 20 s and drop what does not answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from outlast.exceptions import OutlastError, UnknownJobName
+from outlast.http import job_json
+from outlast.problems import from_exception
+from outlast.streams import follow
+
+if TYPE_CHECKING:
+    from outlast.core import Outlast
+
+logger = logging.getLogger("outlast.ws")
+
+SEND_TIMEOUT_S = 10.0
+MAX_SUBSCRIPTIONS = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_TOO_SLOW = 1013
+NAMED_ACTIONS = frozenset({"submit", "subscribe", "unsubscribe", "cancel"})
+
+
+class MessageError(Exception):
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+
+
+class TooSlow(Exception):
+    """The client did not take a message within SEND_TIMEOUT_S."""
+
+
+class Connection:
+    """One client's WebSocket and the jobs it follows."""
+
+    def __init__(self, ot: Outlast, websocket: WebSocket) -> None:
+        self.ot = ot
+        self.websocket = websocket
+        self.subscriptions: dict[str, asyncio.Task[None]] = {}
+        self._send_lock = asyncio.Lock()
+        self._closing: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def serve(self) -> None:
+        await self.websocket.accept()
+        receiving = asyncio.create_task(self._receive_loop())
+        try:
+            waiting: list[asyncio.Future[Any]] = [receiving, self._closing]
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._closing in done:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(self._closing.result())
+        finally:
+            receiving.cancel()
+            for task in self.subscriptions.values():
+                task.cancel()
+            await asyncio.gather(receiving, *self.subscriptions.values(), return_exceptions=True)
+
+    def close(self, code: int) -> None:
+        if not self._closing.done():
+            self._closing.set_result(code)
+
+    async def _receive_loop(self) -> None:
+        limit = self.ot.settings.max_body
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    await self.error(None, 400, "Text frames only", "send one JSON object per text frame")
+                    continue
+                if len(text) > limit or len(text.encode("utf-8", "replace")) > limit:
+                    self.close(CLOSE_TOO_BIG)
+                    return
+                await self.handle(text)
+        except (WebSocketDisconnect, TooSlow):
+            self.close(CLOSE_TOO_SLOW)
+
+    # -- client -> server ---------------------------------------------------------
+
+    async def handle(self, text: str) -> None:
+        ref = None
+        try:
+            message = _parse(text)
+            ref = message.get("ref")
+            action = message.get("action")
+            if not isinstance(action, str):
+                raise MessageError(400, "No action", 'every message needs an "action"')
+            if action in NAMED_ACTIONS:
+                await getattr(self, f"on_{action}")(message, ref)
+            else:
+                await self.submit(action, _route_input(message), ref)
+        except MessageError as exc:
+            await self.error(ref, exc.status, exc.title, exc.detail)
+        except OutlastError as exc:
+            problem = json.loads(bytes(from_exception(exc).body))
+            await self.error(ref, problem["status"], problem["title"], problem["detail"])
+
+    async def on_submit(self, message: dict[str, Any], ref: Any) -> None:
+        name = message.get("name")
+        if not isinstance(name, str):
+            raise MessageError(400, "No job name", 'submit needs a "name"')
+        raw = message.get("input", {})
+        if not isinstance(raw, dict):
+            raise MessageError(400, "Bad input", '"input" must be a JSON object')
+        await self.submit(name, raw, ref)
+
+    async def submit(self, name: str, input: dict[str, Any], ref: Any) -> None:
+        try:
+            definition = self.ot.definition(name)
+        except UnknownJobName:
+            raise MessageError(404, "Unknown action", f"no action or job is named {name!r}") from None
+        if not definition.public:
+            raise MessageError(404, "Unknown action", f"no action or job is named {name!r}")
+        job, _ = await self.ot.submit(name, input)
+        await self.send({"type": "accepted", "ref": ref, "job": job_json(_base(self.websocket), job)})
+        self.subscribe(job.id, 0)
+
+    async def on_subscribe(self, message: dict[str, Any], ref: Any) -> None:
+        job_id, after = message.get("id"), message.get("after") or 0
+        if not isinstance(job_id, str):
+            raise MessageError(400, "No job id", 'subscribe needs an "id"')
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise MessageError(400, "Bad cursor", '"after" must be an event number, 0 or more')
+        await self.ot.get(job_id)  # 404 for an unknown job
+        self.subscribe(job_id, after)
+
+    async def on_unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
+        task = self.subscriptions.pop(str(message.get("id")), None)
+        if task is not None:
+            task.cancel()
+
+    async def on_cancel(self, message: dict[str, Any], ref: Any) -> None:
+        job_id = message.get("id")
+        if not isinstance(job_id, str):
+            raise MessageError(400, "No job id", 'cancel needs an "id"')
+        await self.ot.cancel(job_id)  # subscribers see the outcome as a status event
+
+    # -- server -> client --------------------------------------------------------------
+
+    def subscribe(self, job_id: str, after: int) -> None:
+        previous = self.subscriptions.pop(job_id, None)
+        if previous is not None:
+            previous.cancel()
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise MessageError(
+                429, "Too many subscriptions", f"one connection follows {MAX_SUBSCRIPTIONS} jobs at most"
+            )
+        task = asyncio.create_task(self._follow(job_id, after), name=f"outlast-ws-{job_id}")
+        self.subscriptions[job_id] = task
+        task.add_done_callback(lambda t: self._forget(job_id, t))
+
+    def _forget(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self.subscriptions.get(job_id) is task:
+            del self.subscriptions[job_id]
+
+    async def _follow(self, job_id: str, after: int) -> None:
+        try:
+            async for event in follow(self.ot, job_id, after):
+                if event is not None:
+                    message = {"type": "event", "job_id": job_id, "seq": event.seq, "event": event.type}
+                    await self.send({**message, "data": event.data})
+        except TooSlow:
+            self.close(CLOSE_TOO_SLOW)
+        except Exception:
+            logger.exception("following job %s for a WebSocket failed", job_id)
+            self.close(1011)
+
+    async def error(self, ref: Any, status: int, title: str, detail: str) -> None:
+        await self.send({"type": "error", "ref": ref, "status": status, "title": title, "detail": detail})
+
+    async def send(self, message: dict[str, Any]) -> None:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        try:
+            async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+                await self.websocket.send_text(text)
+        except TimeoutError:
+            raise TooSlow() from None
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.close(1000)  # gone: the receive loop ends too
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        raise MessageError(400, "Malformed JSON", "the message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise MessageError(400, "Malformed message", "a message is one JSON object")
+    return message
+
+
+def _route_input(message: dict[str, Any]) -> dict[str, Any]:
+    """Route-key style: the `input` member if there is one, else the message without action and ref."""
+    if "input" in message:
+        raw = message["input"]
+        if not isinstance(raw, dict):
+            raise MessageError(400, "Bad input", '"input" must be a JSON object')
+        return raw
+    return {key: value for key, value in message.items() if key not in ("action", "ref")}
+
+
+def _base(websocket: WebSocket) -> str:
+    return str(websocket.scope.get("root_path", ""))
+
+
+async def websocket_endpoint(ot: Outlast, websocket: WebSocket) -> None:
+    await Connection(ot, websocket).serve()
