@@ -1,28 +1,63 @@
-"""outlast: long-running jobs behind any gateway timeout."""
+"""outlast: long-running jobs behind any gateway timeout.
+
+The names below load on first use, so that `outlast.client` (which speaks only
+HTTP) can be imported without the server's dependencies being loaded.
+"""
 
 from __future__ import annotations
 
-from outlast.context import JobContext
-from outlast.core import Outlast
-from outlast.exceptions import (
-    Cancelled,
-    ConfigError,
-    IdempotencyConflict,
-    InvalidInput,
-    InvalidRequest,
-    InvalidTransition,
-    JobError,
-    JobNotFinished,
-    JobNotFound,
-    OutlastError,
-    QueueFull,
-    RetryableError,
-    UnknownJobName,
-)
-from outlast.jobs import Event, Job, JobStatus
-from outlast.settings import Settings
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from outlast.context import JobContext
+    from outlast.core import Outlast
+    from outlast.exceptions import (
+        Cancelled,
+        ConfigError,
+        IdempotencyConflict,
+        InvalidInput,
+        InvalidRequest,
+        InvalidTransition,
+        JobError,
+        JobNotFinished,
+        JobNotFound,
+        OutlastError,
+        QueueFull,
+        RetryableError,
+        UnknownJobName,
+    )
+    from outlast.jobs import Event, Job, JobStatus
+    from outlast.settings import Settings
+
+_WHERE = {
+    "JobContext": "outlast.context",
+    "Outlast": "outlast.core",
+    "Event": "outlast.jobs",
+    "Job": "outlast.jobs",
+    "JobStatus": "outlast.jobs",
+    "Settings": "outlast.settings",
+    **dict.fromkeys(
+        (
+            "Cancelled",
+            "ConfigError",
+            "IdempotencyConflict",
+            "InvalidInput",
+            "InvalidRequest",
+            "InvalidTransition",
+            "JobError",
+            "JobNotFinished",
+            "JobNotFound",
+            "OutlastError",
+            "QueueFull",
+            "RetryableError",
+            "UnknownJobName",
+        ),
+        "outlast.exceptions",
+    ),
+}
 
 __all__ = [
     "Cancelled",
@@ -46,3 +81,16 @@ __all__ = [
     "UnknownJobName",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'outlast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from outlast.client import cli as client_cli
 from outlast.core import Outlast
 from outlast.exceptions import ConfigError, OutlastError
 from outlast.http import find_outlast
@@ -92,6 +93,7 @@ def main() -> None:
     Serve an app (API + embedded workers):   outlast serve examples.app:ot
     Run workers only, on the same store:     outlast worker examples.app:ot
     Look at the jobs in a store:             outlast jobs list --store sqlite:///outlast.db
+    Run a job on a server, with progress:    outlast run http://127.0.0.1:8000 report -i rows=100
     """
 
 
@@ -169,6 +171,12 @@ async def _work(ot: Outlast) -> None:
         # workers take them; this process need not wait for them.
         click.echo(f"outlast worker: {len(lingering)} sync job(s) did not stop; exiting anyway", err=True)
         os._exit(0)
+
+
+# The client's commands: run, watch, cancel (over HTTP, against any outlast server).
+main.add_command(client_cli.run)
+main.add_command(client_cli.watch)
+main.add_command(client_cli.cancel)
 
 
 # -- jobs ------------------------------------------------------------------------------

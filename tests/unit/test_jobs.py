@@ -43,3 +43,11 @@ def test_public_view_hides_internals_and_shows_result_only_on_success():
     assert public["result"] == {"x": 1}
     assert public["finished_at"] == "2023-11-14T22:13:22.500Z"
     assert public["expires_at"] == "2023-11-14T22:13:32.500Z"
+
+
+def test_the_public_api_is_what_all_lists():
+    import outlast
+
+    for name in outlast.__all__:
+        assert getattr(outlast, name) is not None
+    assert sorted(outlast.__all__) == sorted(set(outlast.__all__))
