@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import uvicorn
 
 from outlast.client import cli as client_cli
 from outlast.core import Outlast
@@ -113,15 +115,13 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
     Example:
       outlast serve examples.app:ot --gateway-timeout 29 --workers 8
     """
-    import uvicorn
-
     app, ot = configured(target, flags)
     if isinstance(app, Outlast):
         app = ot.app()
     click.echo(
         f"outlast: store {ot.settings.store}, hold {ot.settings.hold_s:g} s, {ot.settings.workers} workers", err=True
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -130,11 +130,29 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
         timeout_graceful_shutdown=10,
         # WebSocket (PROTOCOL.md): ping every 20 s, drop what does not answer; the
         # size limit is checked per message by outlast (close 1009).
-        ws="websockets",
+        ws="websockets-sansio",
         ws_ping_interval=20,
         ws_ping_timeout=20,
         ws_max_size=max(ot.settings.max_body * 4 + 1024, 1 << 20),
     )
+    _Server(config, ot).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends open event streams as soon as shutdown begins.
+
+    (uvicorn waits for open connections before it runs the app's shutdown, and
+    streams never close on their own.)
+    """
+
+    def __init__(self, config: uvicorn.Config, ot: Outlast) -> None:
+        super().__init__(config)
+        self.ot = ot
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # no loop yet: nothing is open
+            asyncio.get_running_loop().call_soon_threadsafe(self.ot.shutting_down)
+        super().handle_exit(sig, frame)
 
 
 @main.command()

@@ -144,12 +144,18 @@ class Outlast:
         self._runner = runner
         await runner.start()
 
+    def shutting_down(self) -> None:
+        """End every open stream now (they resume elsewhere): the server is going away."""
+        if self._store is not None:
+            self._store.hub.close()
+
     async def stop(self) -> None:
         if self._started == 0:
             return
         self._started -= 1
         if self._started > 0:
             return
+        self.shutting_down()
         if self._runner is not None:
             await self._runner.stop()
             self._runner = None

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 from outlast import streams
 from outlast.exceptions import ConfigError, UnknownJobName
 from outlast.jobs import Job, JobStatus
+from outlast.links import job_json, job_url
 from outlast.prefer import idempotency_key, int_param, json_object, preferences
 from outlast.problems import HTTPProblem, from_exception, problem
 from outlast.stores.base import MAX_LIST_LIMIT
@@ -42,18 +43,6 @@ def answers_problems(endpoint: Endpoint) -> Endpoint:
             return from_exception(exc)
 
     return wrapper
-
-
-def job_url(base: str, job_id: str, suffix: str = "") -> str:
-    return f"{base.rstrip('/')}/jobs/{job_id}{suffix}"
-
-
-def job_json(base: str, job: Job) -> dict[str, Any]:
-    """The protocol's job object, with links under `base`."""
-    body = job.to_public()
-    url = job_url(base, job.id)
-    body["links"] = {"self": url, "result": f"{url}/result", "events": f"{url}/events", "cancel": f"{url}/cancel"}
-    return body
 
 
 def retry_after(job: Job) -> str:

@@ -65,6 +65,7 @@ class Hub:
         self._status_listeners: set[Listener] = set()
         self._observers: set[Callable[[Event], None]] = set()
         self._work = asyncio.Event()
+        self.closing = asyncio.Event()
         self._cancel_callbacks: set[Callable[[str], None]] = set()
 
     def publish(self, event: Event) -> None:
@@ -106,6 +107,13 @@ class Hub:
         """Call `observer` with every status event; returns the function that stops it."""
         self._observers.add(observer)
         return lambda: self._observers.discard(observer)
+
+    def close(self) -> None:
+        """The server is shutting down: wake every listener so that streams end."""
+        self.closing.set()
+        for listeners in [*self._listeners.values(), self._status_listeners]:
+            for listener in listeners:
+                listener._wake.set()
 
     def is_listened(self, job_id: str) -> bool:
         return job_id in self._listeners

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from outlast.jobs import TERMINAL, Event, JobStatus
+from outlast.links import with_links
 from outlast.problems import HTTPProblem
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ async def follow(
                 if not await listener.wait(heartbeat_s):
                     yield None
                     continue
+                if store.hub.closing.is_set():
+                    return  # shutting down: the client resumes elsewhere from its cursor
                 lagged = listener.lagged
                 gap = False
                 for event in listener.drain():
@@ -90,8 +93,10 @@ async def follow(
 # -- Server-Sent Events ---------------------------------------------------------------
 
 
-def sse_message(event: Event) -> str:
-    data = json.dumps(event.data, separators=(",", ":"), ensure_ascii=False)
+def sse_message(event: Event, base: str | None = None) -> str:
+    """One event in text/event-stream form; `status` data gets its links under `base`."""
+    payload = with_links(base, event.data) if base is not None and event.type == "status" else event.data
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     head = "" if event.seq is None else f"id: {event.seq}\n"
     return f"{head}event: {event.type}\ndata: {data}\n\n"
 
@@ -111,28 +116,33 @@ async def job_events(ot: Outlast, request: Request) -> Response:
     if job.is_terminal and after >= job.last_seq:
         return Response(status_code=204)  # stops a browser's EventSource from reconnecting
 
+    base = str(request.scope.get("root_path", ""))
+
     async def stream() -> AsyncIterator[str]:
         yield f"retry: {RETRY_MS}\n\n"
         async for event in follow(ot, job.id, after):
-            yield ": ping\n\n" if event is None else sse_message(event)
+            yield ": ping\n\n" if event is None else sse_message(event, base)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def status_events(ot: Outlast, request: Request) -> Response:
     """`GET /events`: every job's status changes, live only (a dashboard's job list)."""
+    base = str(request.scope.get("root_path", ""))
 
     async def stream() -> AsyncIterator[str]:
-        yield f"retry: {RETRY_MS}\n\n"
-        with ot.store.hub.listen_status() as listener:
+        with ot.store.hub.listen_status() as listener:  # listening before the client hears anything
+            yield f"retry: {RETRY_MS}\n\n"
             while True:
                 if not await listener.wait(HEARTBEAT_S):
                     yield ": ping\n\n"
                     continue
+                if ot.store.hub.closing.is_set():
+                    return
                 if listener.lagged:
                     yield "event: lagged\ndata: {}\n\n"  # some were dropped: reload the list
                 for event in listener.drain():
-                    yield sse_message(Event(event.job_id, None, "status", _summary(event.data)))
+                    yield sse_message(Event(event.job_id, None, "status", _summary(event.data)), base)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from outlast.exceptions import OutlastError, UnknownJobName
-from outlast.http import job_json
+from outlast.links import job_json, with_links
 from outlast.problems import from_exception
 from outlast.streams import follow
 
@@ -36,6 +36,7 @@ SEND_TIMEOUT_S = 10.0
 MAX_SUBSCRIPTIONS = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_TOO_SLOW = 1013
+CLOSE_RESTARTING = 1012
 NAMED_ACTIONS = frozenset({"submit", "subscribe", "unsubscribe", "cancel"})
 
 
@@ -62,6 +63,8 @@ class Connection:
     async def serve(self) -> None:
         await self.websocket.accept()
         receiving = asyncio.create_task(self._receive_loop())
+        shutdown = asyncio.create_task(self.ot.store.hub.closing.wait())
+        shutdown.add_done_callback(lambda _: self.close(CLOSE_RESTARTING))
         try:
             waiting: list[asyncio.Future[Any]] = [receiving, self._closing]
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -69,6 +72,7 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self.websocket.close(self._closing.result())
         finally:
+            shutdown.cancel()
             receiving.cancel()
             for task in self.subscriptions.values():
                 task.cancel()
@@ -178,8 +182,9 @@ class Connection:
         try:
             async for event in follow(self.ot, job_id, after):
                 if event is not None:
+                    data = with_links(_base(self.websocket), event.data) if event.type == "status" else event.data
                     message = {"type": "event", "job_id": job_id, "seq": event.seq, "event": event.type}
-                    await self.send({**message, "data": event.data})
+                    await self.send({**message, "data": data})
         except TooSlow:
             self.close(CLOSE_TOO_SLOW)
         except Exception:

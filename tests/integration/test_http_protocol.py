@@ -490,8 +490,13 @@ def test_hostile_ids_get_404(serve, connect):
             ("POST", f"/jobs/{job_id}/cancel"),
             ("DELETE", f"/jobs/{job_id}"),
         ):
-            # An id ending in an encoded "/" may first be redirected (Starlette drops the trailing slash).
-            assert_problem(client.request(method, path, follow_redirects=True), 404)
+            response = client.request(method, path)
+            if response.status_code == 307:
+                # An id ending in an encoded "/": Starlette redirects to the path without the
+                # slash, which names no job either (`/jobs/..` is `/`, the page).
+                assert response.headers["location"].endswith("/jobs/..")
+                continue
+            assert_problem(response, 404)
         assert_still_serves(client)
 
 

@@ -1,0 +1,1 @@
+from tests.integration.conftest import db_url, serve, work  # noqa: F401
