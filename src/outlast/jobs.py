@@ -300,3 +300,21 @@ def lose_worker(job: Job, now: float) -> None:
         job.requeue(now)
     else:
         job.fail(ErrorInfo(WORKER_LOST, "the worker running the job was lost", 500), now)
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """Every field of a job as plain JSON-ready values (for stores that keep documents)."""
+    record = dataclasses.asdict(job)
+    record["status"] = job.status.value
+    record["error"] = None if job.error is None else job.error.to_dict()
+    record.pop("queue_position")
+    return record
+
+
+def job_from_record(record: dict[str, Any]) -> Job:
+    fields = {name: record[name] for name in Job.__dataclass_fields__ if name in record}
+    fields["status"] = JobStatus(fields["status"])
+    error = fields.get("error")
+    fields["error"] = None if error is None else ErrorInfo.from_dict(error)
+    fields["queue_position"] = None
+    return Job(**fields)

@@ -1,4 +1,4 @@
-"""Stores, chosen by URL: `sqlite:///outlast.db` (default), `memory://`, `redis://` (soon)."""
+"""Stores, chosen by URL: `sqlite:///outlast.db` (default), `memory://`, `redis://host:6379/0?namespace=NAME`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def open_store(url: str) -> JobStore:
         return MemoryStore()
     if scheme == "sqlite":
         return SQLiteStore.from_url(url)
-    if scheme in ("redis", "rediss"):
-        raise ConfigError("the Redis store is not part of this version yet: use sqlite:///path.db")
-    raise ConfigError(f"no store for {url!r}: use sqlite:///path.db or memory://")
+    if scheme in ("redis", "rediss", "unix"):
+        from outlast.stores.redis import RedisStore  # redis-py is an optional extra
+
+        return RedisStore.from_url(url)
+    raise ConfigError(f"no store for {url!r}: use sqlite:///path.db, redis://host:6379/0 or memory://")

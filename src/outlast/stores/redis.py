@@ -1,0 +1,510 @@
+"""`redis://host:6379/0?namespace=NAME`: the store for many API and worker nodes.
+
+A job is one JSON document; its events a list; each job name has a queue (a
+sorted set in submit order). Every change of a job is one optimistic
+transaction (`WATCH` the job, apply the lifecycle of `outlast.jobs` in Python,
+`MULTI`/`EXEC`), so the rules live in one place for every store. Claiming is a
+Lua script that pops the next job of the first non-empty queue (the names in
+rotating order, so no queue starves the others) and leases it in the same
+step; a crash between that pop and the transition to `running` leaves a lease
+that expires, and the job goes back to its queue.
+
+Events reach other nodes by pub/sub; a node that missed some (a reconnect)
+reads them back from the list, since every reader keeps a cursor. Finished
+jobs expire by TTL too, so nothing is left behind if no node purges. Every key
+starts with `outlast:{namespace}:` (see `Keys`). Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
+from outlast.hub import Hub
+from outlast.jobs import Event, Job, JobStatus, Outcome, job_from_record, job_record, lose_worker
+from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError, WatchError
+except ImportError:  # pragma: no cover - the extra is not installed
+    aioredis = None  # type: ignore[assignment]
+
+logger = logging.getLogger("outlast.store")
+
+DEFAULT_NAMESPACE = "default"
+TTL_GRACE_S = 3600  # keys outlive `expires_at` by this much, so purge finds them first
+PROMOTE_BATCH = 100
+
+# KEYS[1] delayed, KEYS[2] leases; ARGV: now, lease_until, queue key prefix, names...
+# Moves due retries back to their queues, then pops the first job of the first
+# non-empty queue and leases it.
+CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, member in ipairs(due) do
+  local a = string.find(member, '\\n', 1, true)
+  local b = string.find(member, '\\n', a + 1, true)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZADD', ARGV[3] .. string.sub(member, 1, a - 1), string.sub(member, a + 1, b - 1),
+             string.sub(member, b + 1))
+end
+for i = 4, #ARGV do
+  local popped = redis.call('ZPOPMIN', ARGV[3] .. ARGV[i])
+  if popped[1] then
+    redis.call('ZADD', KEYS[2], ARGV[2], popped[1])
+    return popped[1]
+  end
+end
+return false
+"""
+
+
+class Keys:
+    """Every key and channel, in one place."""
+
+    def __init__(self, namespace: str) -> None:
+        self.prefix = f"outlast:{namespace}:"
+        p = self.prefix
+        self.counter = p + "qorder"
+        self.queue_prefix = p + "queue:"
+        self.delayed = p + "delayed"
+        self.leases = p + "leases"
+        self.jobs = p + "jobs"
+        self.expiry = p + "expiry"
+        self.events_channel = p + "events"
+        self.cancel_channel = p + "cancel"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}events:{job_id}"
+
+    def queue(self, name: str) -> str:
+        return self.queue_prefix + name
+
+    def idempotency(self, owner: str | None, key: str) -> str:
+        return f"{self.prefix}idem:{owner or ''}:{key}"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Change:
+    """What one transaction writes besides the job: events, and other keys."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.ops: list[Callable[[Any], Any]] = []
+        self.value: Any = None
+
+
+class RedisStore:
+    def __init__(self, url: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        if aioredis is None:
+            raise ConfigError("the Redis store needs redis-py: pip install 'outlast[redis]'")
+        self.hub = Hub()
+        self.url = url
+        self.keys = Keys(namespace)
+        self._origin = secrets.token_hex(8)
+        # Any: redis-py types each reply as a union that ignores decode_responses.
+        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True)
+        self._claim = self._redis.register_script(CLAIM)
+        self._rotation = itertools.count()
+        self._listener: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        namespace = query.pop("namespace", [DEFAULT_NAMESPACE])[0]
+        if not namespace or not all(c.isalnum() or c in "-_." for c in namespace):
+            raise ConfigError(f"a Redis namespace is letters, digits, '-', '_' and '.', not {namespace!r}")
+        rest = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        return cls(rest, namespace=namespace)
+
+    async def open(self) -> None:
+        try:
+            await self._redis.ping()
+        except RedisError as exc:
+            raise ConfigError(f"cannot reach Redis at {self.url}: {exc}") from exc
+        ready = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(ready), name="outlast-redis-listener")
+        await asyncio.wait_for(ready.wait(), 10)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+
+    # -- one job, one transaction ----------------------------------------------------
+
+    async def _change(self, job_id: str, apply: Callable[[Job, _Change], bool]) -> tuple[Job | None, _Change]:
+        """Load the job, let `apply` change it (False: write nothing), write it all atomically."""
+        key = self.keys.job(job_id)
+        pipe: Any
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                change = _Change()
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        await pipe.reset()
+                        return None, change
+                    record = json.loads(raw)
+                    job = job_from_record(record)
+                    if not apply(job, change):
+                        await pipe.reset()
+                        return job, change
+                    pipe.multi()
+                    pipe.set(key, _dumps({**job_record(job), "qorder": record.get("qorder")}))
+                    for event in change.events:
+                        pipe.rpush(self.keys.events(job_id), _dumps([event.type, event.data]))
+                    for op in change.ops:
+                        op(pipe)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                await self._publish(change.events)
+                return job, change
+
+    def _append(self, job: Job, change: _Change, type: str, data: dict[str, Any]) -> None:
+        job.last_seq += 1
+        change.events.append(Event(job.id, job.last_seq, type, data))
+
+    def _status(self, job: Job, change: _Change) -> None:
+        """The status event of a transition, and the indexes that follow the new status."""
+        self._append(job, change, *job.status_event())
+        keys = self.keys
+        change.ops.append(lambda pipe: pipe.zrem(keys.leases, job.id))
+        if job.is_terminal:
+            assert job.expires_at is not None
+            change.ops.append(lambda pipe: pipe.zrem(keys.queue(job.name), job.id))
+            change.ops.append(lambda pipe: pipe.zadd(keys.expiry, {job.id: job.expires_at}))
+            expire_at = int(job.expires_at + TTL_GRACE_S)
+            change.ops.append(lambda pipe: pipe.expireat(keys.job(job.id), expire_at))
+            change.ops.append(lambda pipe: pipe.expireat(keys.events(job.id), expire_at))
+
+    def _transitioned(self, job: Job, qorder: float, change: _Change) -> None:
+        """After a transition: its status event, and the job back in a queue if it is queued again."""
+        self._status(job, change)
+        if job.status is JobStatus.QUEUED:
+            self._requeue_ops(job, qorder, change)
+
+    def _requeue_ops(self, job: Job, qorder: float, change: _Change) -> None:
+        keys = self.keys
+        if job.run_after > time.time():
+            member = f"{job.name}\n{qorder}\n{job.id}"
+            change.ops.append(lambda pipe: pipe.zadd(keys.delayed, {member: job.run_after}))
+        else:
+            change.ops.append(lambda pipe: pipe.zadd(keys.queue(job.name), {job.id: qorder}))
+
+    async def _publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.hub.publish(event)
+        if events:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    message = {"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data}
+                    pipe.publish(self.keys.events_channel, _dumps(message))
+                await pipe.execute()
+
+    async def _qorder(self, job_id: str) -> float:
+        raw = await self._redis.get(self.keys.job(job_id))
+        return float(json.loads(raw).get("qorder") or 0) if raw else 0.0
+
+    # -- the protocol -----------------------------------------------------------------
+
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        keys = self.keys
+        idem = None if job.idempotency_key is None else keys.idempotency(job.owner, job.idempotency_key)
+        qorder = await self._redis.incr(keys.counter)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if idem is not None:
+                        await pipe.watch(idem)
+                        existing_id = await pipe.get(idem)
+                        if existing_id is not None:
+                            existing = await self.get(existing_id)
+                            if existing is not None:
+                                await pipe.reset()
+                                if existing.input_hash != job.input_hash:
+                                    raise IdempotencyConflict()
+                                return existing, False
+                    position = await self._redis.zcard(keys.queue(job.name))
+                    job.last_seq = 1
+                    job.queue_position = position
+                    event = Event(job.id, 1, *job.status_event())
+                    pipe.multi()
+                    pipe.set(keys.job(job.id), _dumps({**job_record(job), "qorder": qorder}))
+                    pipe.rpush(keys.events(job.id), _dumps([event.type, event.data]))
+                    pipe.zadd(keys.queue(job.name), {job.id: qorder})
+                    pipe.zadd(keys.jobs, {job.id: job.created_at})
+                    if idem is not None:
+                        pipe.set(idem, job.id)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                await self._publish([event])
+                return job, True
+
+    async def get(self, job_id: str) -> Job | None:
+        raw = await self._redis.get(self.keys.job(job_id))
+        if raw is None:
+            return None
+        job = job_from_record(json.loads(raw))
+        if job.status is JobStatus.QUEUED:
+            rank = await self._redis.zrank(self.keys.queue(job.name), job.id)
+            job.queue_position = None if rank is None else int(rank)
+        elif job.status is JobStatus.RUNNING:
+            job.lease_until = await self._redis.zscore(self.keys.leases, job.id)
+        return job
+
+    async def list_jobs(self, query: ListQuery) -> Page:
+        high: float | str = "+inf"
+        after: tuple[float, str] | None = None
+        if query.cursor is not None:
+            after = decode_cursor(query.cursor)
+            high = after[0]
+        found: list[Job] = []
+        offset, batch = 0, max(50, query.limit * 2)
+        while len(found) <= query.limit:
+            ids: list[str] = await self._redis.zrevrangebyscore(self.keys.jobs, high, "-inf", start=offset, num=batch)
+            if not ids:
+                break
+            offset += len(ids)
+            for job in await asyncio.gather(*(self.get(job_id) for job_id in ids)):
+                if job is None or (after is not None and (job.created_at, job.id) >= after):
+                    continue
+                if query.status is not None and job.status is not query.status:
+                    continue
+                if (query.name is not None and job.name != query.name) or (
+                    query.owner is not None and job.owner != query.owner
+                ):
+                    continue
+                found.append(job)
+        found.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+        return page_of(found[: query.limit + 1], query.limit)
+
+    async def delete(self, job_id: str) -> bool:
+        job = await self.get(job_id)
+        if job is None:
+            return False
+        if not job.is_terminal:
+            raise JobNotFinished()
+        await self._forget([job])
+        return True
+
+    async def _forget(self, jobs: Sequence[Job]) -> None:
+        keys = self.keys
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for job in jobs:
+                pipe.delete(keys.job(job.id), keys.events(job.id))
+                pipe.zrem(keys.jobs, job.id)
+                pipe.zrem(keys.expiry, job.id)
+                if job.idempotency_key is not None:
+                    pipe.delete(keys.idempotency(job.owner, job.idempotency_key))
+            await pipe.execute()
+
+    async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.zrank(self.keys.queue(name), job_id)
+            ranks = await pipe.execute()
+        return {job_id: int(rank) for job_id, rank in zip(ids, ranks, strict=True) if rank is not None}
+
+    async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
+        if not names:
+            return None
+        ordered = list(names)
+        turn = next(self._rotation) % len(ordered)
+        ordered = ordered[turn:] + ordered[:turn]  # fair: each name goes first in turn
+        now = time.time()
+        args: list[str | float] = [now, now + lease_s, self.keys.queue_prefix, *ordered]
+        job_id = await self._claim(keys=[self.keys.delayed, self.keys.leases], args=args)
+        if not job_id:
+            return None
+
+        def start(job: Job, change: _Change) -> bool:
+            if job.status is not JobStatus.QUEUED:
+                return False  # canceled meanwhile
+            job.start(worker, lease_s, time.time())
+            self._append(job, change, *job.status_event())
+            return True
+
+        job, change = await self._change(job_id, start)
+        if job is None or job.status is not JobStatus.RUNNING or job.worker != worker or not change.events:
+            await self._redis.zrem(self.keys.leases, job_id)
+            return None
+        return job
+
+    async def heartbeat(self, leases: Mapping[str, int], lease_s: float) -> HeartbeatResult:
+        if not leases:
+            return HeartbeatResult()
+        ids = list(leases)
+        raws = await self._redis.mget([self.keys.job(job_id) for job_id in ids])
+        cancel, lost, held = set(), set(), []
+        for job_id, raw in zip(ids, raws, strict=True):
+            record = None if raw is None else json.loads(raw)
+            if record is None or record["status"] != "running" or record["token"] != leases[job_id]:
+                lost.add(job_id)
+                continue
+            held.append(job_id)
+            if record["cancel_requested"]:
+                cancel.add(job_id)
+        if held:
+            until = time.time() + lease_s
+            await self._redis.zadd(self.keys.leases, dict.fromkeys(held, until), xx=True)
+        return HeartbeatResult(frozenset(cancel), frozenset(lost))
+
+    async def cancel_requests(self, job_ids: Collection[str]) -> frozenset[str]:
+        ids = list(job_ids)
+        if not ids:
+            return frozenset()
+        raws = await self._redis.mget([self.keys.job(job_id) for job_id in ids])
+        return frozenset(
+            job_id for job_id, raw in zip(ids, raws, strict=True) if raw and json.loads(raw)["cancel_requested"]
+        )
+
+    @staticmethod
+    def _holds(job: Job, token: int) -> bool:
+        return job.status is JobStatus.RUNNING and job.token == token
+
+    async def record(
+        self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
+    ) -> bool:
+        def record(job: Job, change: _Change) -> bool:
+            if not self._holds(job, token):
+                return False
+            if progress is not None:
+                job.progress = progress
+            for type, data in events:
+                self._append(job, change, type, data)
+            change.value = True
+            return True
+
+        _, change = await self._change(job_id, record)
+        return bool(change.value)
+
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
+        qorder = await self._qorder(job_id)
+
+        def finish(job: Job, change: _Change) -> bool:
+            if not self._holds(job, token):
+                return False
+            outcome.apply(job, time.time())
+            self._transitioned(job, qorder, change)
+            change.value = True
+            return True
+
+        job, change = await self._change(job_id, finish)
+        return job if change.value else None
+
+    async def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        raws = await self._redis.lrange(self.keys.events(job_id), after, after + limit - 1)
+        events = []
+        for seq, raw in enumerate(raws, start=after + 1):
+            type, data = json.loads(raw)
+            events.append(Event(job_id, seq, type, data))
+        return events
+
+    async def request_cancel(self, job_id: str) -> Job | None:
+        def cancel(job: Job, change: _Change) -> bool:
+            if job.status is JobStatus.QUEUED:
+                job.cancel(time.time())
+                self._status(job, change)
+                return True
+            if job.status is JobStatus.RUNNING and not job.cancel_requested:
+                job.cancel_requested = True
+                change.value = "flagged"
+                return True
+            return False
+
+        job, change = await self._change(job_id, cancel)
+        if change.value == "flagged":
+            self.hub.cancel_requested(job_id)
+            await self._redis.publish(self.keys.cancel_channel, job_id)
+        return None if job is None else await self.get(job_id) or job
+
+    async def reclaim_expired(self) -> list[Job]:
+        expired: list[str] = await self._redis.zrangebyscore(self.keys.leases, "-inf", time.time())
+        reclaimed = []
+        for job_id in expired:
+            job = await self._reclaim(job_id, await self._qorder(job_id))
+            if job is not None:
+                reclaimed.append(job)
+        return reclaimed
+
+    async def _reclaim(self, job_id: str, qorder: float) -> Job | None:
+        keys = self.keys
+
+        def lose(job: Job, change: _Change) -> bool:
+            change.ops.append(lambda pipe: pipe.zrem(keys.leases, job.id))
+            if job.status is JobStatus.QUEUED:
+                # Popped by a claim that never made it running: back to its queue.
+                self._requeue_ops(job, qorder, change)
+            elif job.status is JobStatus.RUNNING:
+                lose_worker(job, time.time())
+                self._transitioned(job, qorder, change)
+                change.value = True
+            return True
+
+        job, change = await self._change(job_id, lose)
+        if job is None:
+            await self._redis.zrem(keys.leases, job_id)
+        return job if change.value else None
+
+    async def purge_expired(self) -> list[str]:
+        ids: list[str] = await self._redis.zrangebyscore(self.keys.expiry, "-inf", time.time())
+        jobs = [job for job in await asyncio.gather(*(self.get(job_id) for job_id in ids)) if job is not None]
+        await self._forget(jobs)
+        gone = {job.id for job in jobs}
+        if len(gone) < len(ids):  # already expired by TTL: drop them from the indexes
+            await self._redis.zrem(self.keys.expiry, *[i for i in ids if i not in gone])
+            await self._redis.zrem(self.keys.jobs, *[i for i in ids if i not in gone])
+        return list(ids)
+
+    # -- events and cancellations from other nodes ---------------------------------------
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        failures = 0
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.keys.events_channel, self.keys.cancel_channel)
+                    ready.set()
+                    failures = 0
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._relay(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("lost the Redis subscription; reconnecting", exc_info=True)
+            failures += 1
+            await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+
+    def _relay(self, channel: str, data: str) -> None:
+        if channel == self.keys.cancel_channel:
+            self.hub.cancel_requested(data)
+            return
+        message = json.loads(data)
+        if message["o"] != self._origin:
+            self.hub.publish(Event(message["j"], message["s"], message["t"], message["d"]))
