@@ -25,7 +25,7 @@ from typing import Any
 
 from outlast.context import JobContext, Write
 from outlast.exceptions import Cancelled, JobError, RetryableError
-from outlast.jobs import TIMEOUT, ErrorInfo, Job, JobStatus, Outcome, is_json
+from outlast.jobs import TIMEOUT, WORKER_LOST, ErrorInfo, Job, JobStatus, Outcome, is_json
 from outlast.metrics import Metrics
 from outlast.registry import JobDefinition
 from outlast.stores.base import JobStore
@@ -95,22 +95,34 @@ class Runner:
         self._tasks = [asyncio.create_task(loop) for loop in loops]
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
-        """Stop claiming; let running jobs finish within `grace_s`, then abandon them.
+        """Stop claiming; let running jobs finish within `grace_s`, then hand them back.
 
-        An abandoned job keeps its lease until it expires; then another worker
-        takes it (attempt + 1).
+        A job handed back is queued again at once (attempt + 1, as for a lost
+        worker) for another worker to take; its attempt here is stopped, and a
+        late result from it is refused by the fencing token.
         """
         self._stopping.set()
         self.store.hub.work_available()  # wakes the claim loop so it sees _stopping
         if self._executions:
             await asyncio.wait(self._executions, timeout=grace_s)
+        unfinished = {job_id: running.job.token for job_id, running in self._running.items()}
         for running in self._running.values():
             running.context._cancel()  # sync jobs still in their threads: ask them to stop
         for task in [*self._executions, *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._executions, *self._tasks, return_exceptions=True)
+        await self._hand_back(unfinished)
         self._unsubscribe()
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _hand_back(self, leases: dict[str, int]) -> None:
+        error = ErrorInfo(WORKER_LOST, "the worker stopped before the job ended", 500)
+        for job_id, token in leases.items():
+            try:
+                await self.store.finish(job_id, token, Outcome.retry(error, time.time()))
+                logger.warning("job %s: handed back for another worker", job_id)
+            except Exception:
+                logger.exception("job %s: could not be handed back; its lease will expire", job_id)
 
     # -- claiming ------------------------------------------------------------------
 

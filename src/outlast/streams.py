@@ -68,7 +68,7 @@ async def follow(
             while True:  # live
                 if not await listener.wait(heartbeat_s):
                     yield None
-                    continue
+                    break  # idle: look in the store too, in case a relayed event was lost
                 if store.hub.closing.is_set():
                     return  # shutting down: the client resumes elsewhere from its cursor
                 lagged = listener.lagged
