@@ -4,6 +4,8 @@
 
 - `GET /payload?delay=40`: a plain-looking endpoint that takes `delay` seconds.
   `curl -L` gets its answer through the 303 chain, whatever the gateway.
+- `GET /plain/payload?delay=40`: the same work as a plain endpoint, which a
+  gateway cuts off (try it behind `outlast demo`).
 - `POST /jobs/report` with `{"delay": 2000, "rows": 500}`: waits `delay`
   milliseconds, builds `rows` dummy rows, returns a summary, with progress.
 - Over the WebSocket, `{"action": "generateReport", "delay": 2000,
@@ -19,6 +21,9 @@ import statistics
 from typing import Annotated, Any
 
 from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from outlast import JobContext, Outlast
 
@@ -30,6 +35,19 @@ async def payload(delay: Annotated[float, Field(ge=0, le=3600)] = 60) -> dict[st
     """Sleep `delay` seconds, then say so."""
     await asyncio.sleep(delay)
     return {"MESSAGE": f"It took {delay:g} seconds to generate this."}
+
+
+async def plain_payload(request: Request) -> JSONResponse:
+    """The same work as `/payload`, as a plain endpoint: a gateway cuts it off."""
+    try:
+        delay = min(max(float(request.query_params.get("delay", 60)), 0), 3600)
+    except ValueError:
+        return JSONResponse({"detail": "delay must be a number of seconds"}, status_code=400)
+    await asyncio.sleep(delay)
+    return JSONResponse({"MESSAGE": f"It took {delay:g} seconds to generate this."})
+
+
+ot.routes.append(Route("/plain/payload", plain_payload))
 
 
 @ot.job()

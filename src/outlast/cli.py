@@ -191,6 +191,48 @@ async def _work(ot: Outlast) -> None:
         os._exit(0)
 
 
+@main.command()
+@click.option("--upstream", required=True, help="The server to proxy to, e.g. http://127.0.0.1:8001.")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=29.0, show_default=True, help="Total deadline of a request, s."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--ws-idle", "ws_idle_s", type=float, default=600.0, show_default=True, help="Close idle WebSockets, s.")
+@click.option("--ws-max", "ws_max_s", type=float, default=7200.0, show_default=True, help="Close WebSockets after, s.")
+def gateway(upstream: str, timeout_s: float, host: str, port: int, ws_idle_s: float, ws_max_s: float) -> None:
+    """A local gateway with a hard timeout (as API Gateway's 29 s), to reproduce the problem.
+
+    Requests whose response has not begun within --timeout get 504; WebSockets
+    get API Gateway's idle and maximum-duration limits.
+
+    \b
+    Example:
+      outlast serve examples.app:ot --port 8001 &
+      outlast gateway --upstream http://127.0.0.1:8001 --timeout 29 --port 8000
+    """
+    from outlast.gateway import serve as serve_gateway
+
+    serve_gateway(upstream, host=host, port=port, timeout_s=timeout_s, ws_idle_s=ws_idle_s, ws_max_s=ws_max_s)
+
+
+@main.command()
+@click.option("--app", "target", default="examples.app:ot", show_default=True, help="The app to serve, MODULE:ATTR.")
+@click.option("--port", type=int, default=8000, show_default=True, help="The gateway's port (where you point curl).")
+@click.option("--api-port", type=int, default=8001, show_default=True, help="The app's own port, behind the gateway.")
+@click.option("--timeout", "timeout_s", type=float, default=29.0, show_default=True, help="The gateway's timeout, s.")
+@click.option("--store", default="sqlite:///outlast.db", show_default=True)
+def demo(target: str, port: int, api_port: int, timeout_s: float, store: str) -> None:
+    """The example app behind a 29 s gateway: see a 40 s request fail, then succeed.
+
+    Serves MODULE:ATTR on --api-port (embedded workers, SQLite) and a gateway
+    with a hard --timeout on --port, and prints what to try.
+    """
+    from outlast.demo import run_demo
+
+    run_demo(target, port=port, api_port=api_port, timeout_s=timeout_s, store=store)
+
+
 # The client's commands: run, watch, cancel (over HTTP, against any outlast server).
 main.add_command(client_cli.run)
 main.add_command(client_cli.watch)
