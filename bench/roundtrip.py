@@ -13,50 +13,15 @@ import argparse
 import asyncio
 import os
 import resource
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench._servers import PYTHON, percentile, server
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def server(args: list[str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*args, "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                httpx.post(f"{url}/jobs/noop", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 
 async def latencies(url: str, requests: int) -> list[float]:
@@ -85,10 +50,6 @@ async def throughput(url: str, requests: int, concurrency: int) -> float:
         return requests / (time.perf_counter() - started)
 
 
-def percentile(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100)[int(q) - 1] if len(samples) > 1 else samples[0]
-
-
 def measure(url: str, requests: int, concurrency: int) -> dict[str, float]:
     asyncio.run(latencies(url, 50))  # warm up
     lat = asyncio.run(latencies(url, requests))
@@ -108,20 +69,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
-        with server([python, "-m", "uvicorn", "bench.floor:app"]) as url:
-            floor = measure(url, args.requests, args.concurrency)
-        outlast_cmd = [python, "-m", "outlast", "serve", "tests.apps:ot", "--store", store, "--workers", "16"]
-        with server(outlast_cmd) as url:
-            ours = measure(url, args.requests, args.concurrency)
-    print(f"| figure | plain endpoint | outlast (SQLite) | ratio |\n|---|---|---|---|")
+        with server([PYTHON, "-m", "uvicorn", "bench.floor:app"], Path(tmp, "floor.log")) as floor_server:
+            floor = measure(floor_server.url, args.requests, args.concurrency)
+        outlast_cmd = [PYTHON, "-m", "outlast", "serve", "tests.apps:ot", "--store", store, "--workers", "16"]
+        with server(outlast_cmd, Path(tmp, "outlast.log")) as outlast_server:
+            ours = measure(outlast_server.url, args.requests, args.concurrency)
+    print("| figure | plain endpoint | outlast (SQLite) | ratio |\n|---|---|---|---|")
     for key, label in [("p50_ms", "latency p50, 1 client (ms)"), ("p99_ms", "latency p99, 1 client (ms)")]:
-        print(f"| {label} | {floor[key]:.2f} | {ours[key]:.2f} | {ours[key] / floor[key]:.2f}× |")
+        print(f"| {label} | {floor[key]:.2f} | {ours[key]:.2f} | {ours[key] / floor[key]:.2f}{TIMES} |")
     label = f"throughput, {args.concurrency} clients (req/s)"
-    print(f"| {label} | {floor['rps']:.0f} | {ours['rps']:.0f} | {ours['rps'] / floor['rps']:.2f}× |")
-    print(f"\nload generator CPU during the throughput runs: {floor['client_cpu_s']:.1f} s and {ours['client_cpu_s']:.1f} s")
+    print(f"| {label} | {floor['rps']:.0f} | {ours['rps']:.0f} | {ours['rps'] / floor['rps']:.2f}{TIMES} |")
+    cpu = f"{floor['client_cpu_s']:.1f} s and {ours['client_cpu_s']:.1f} s"
+    print(f"\nload generator CPU during the throughput runs: {cpu}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_the_long_running_route_succeeds_with_curl(behind_gateway: tuple[Server,
 
 
 def test_fast_answers_pass_through_untouched(behind_gateway: tuple[Server, str, Process]):
-    server, url, _ = behind_gateway
+    _, url, _ = behind_gateway
     body = {"delay": 10, "rows": 3}
     through = httpx.post(f"{url}/jobs/report", json=body, headers={"Prefer": "wait=2"}, timeout=10)
     assert through.status_code == 200
