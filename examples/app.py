@@ -7,7 +7,8 @@
 - `GET /plain/payload?delay=40`: the same work as a plain endpoint, which a
   gateway cuts off (try it behind `outlast demo`).
 - `POST /jobs/report` with `{"delay": 2000, "rows": 500}`: waits `delay`
-  milliseconds, builds `rows` dummy rows, returns a summary, with progress.
+  milliseconds, builds `rows` dummy rows, stores them as a CSV file, and
+  returns a summary with the file's signed download URL, with progress.
 - Over the WebSocket, `{"action": "generateReport", "delay": 2000,
   "amountOfRows": 500}`: the same report, by the names the seed article uses.
 - `GET /`: a page that lists jobs live and generates reports.
@@ -64,11 +65,14 @@ async def report(
     rng = random.Random(rows)
     amounts = [round(rng.uniform(1, 1000), 2) for _ in range(rows)]
     ctx.log(f"built {rows} rows")
+    lines = ["row,amount", *(f"{i + 1},{amount:.2f}" for i, amount in enumerate(amounts))]
+    download = await ctx.artifact("report.csv", ("\n".join(lines) + "\n").encode(), "text/csv")
     return {
         "rows": rows,
         "total": round(sum(amounts), 2),
         "mean": round(statistics.fmean(amounts), 2) if amounts else None,
         "max": max(amounts, default=None),
+        "download": download,
     }
 
 

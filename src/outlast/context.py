@@ -16,6 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
+from outlast.artifacts import Source
 from outlast.exceptions import Cancelled
 
 logger = logging.getLogger("outlast.runner")
@@ -25,6 +26,7 @@ MAX_PENDING_LOGS = 1000
 MAX_MESSAGE_CHARS = 4000
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
 
+SaveArtifact = Callable[[str, "Source", str, float | None], Awaitable[str]]
 Write = Callable[[list[tuple[str, dict[str, Any]]], dict[str, Any] | None], Awaitable[bool]]
 
 
@@ -43,7 +45,16 @@ DONE = _Done()
 class JobContext:
     """Handed to a job whose signature asks for it (`ctx: JobContext`)."""
 
-    def __init__(self, *, job_id: str, name: str, attempt: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        name: str,
+        attempt: int,
+        loop: asyncio.AbstractEventLoop,
+        save_artifact: SaveArtifact | None = None,
+    ) -> None:
+        self._save_artifact = save_artifact
         self.job_id = job_id
         self.name = name
         self.attempt = attempt
@@ -82,6 +93,38 @@ class JobContext:
                 self._dropped_logs += 1
         self._mark_dirty()
         return DONE
+
+    async def artifact(
+        self,
+        name: str,
+        source: Source,
+        media_type: str = "application/octet-stream",
+        *,
+        expires_in: float | None = None,
+    ) -> str:
+        """Store a file for this job (bytes, a path, or an async iterator of bytes); returns its signed URL.
+
+        The URL is root-relative (`/artifacts/...`), valid for `expires_in`
+        seconds (by default as long as the job is kept), and the file goes
+        when the job goes.
+        """
+        if self._save_artifact is None:
+            raise RuntimeError("this context can't store artifacts")
+        return await self._save_artifact(name, source, media_type, expires_in)
+
+    def artifact_sync(
+        self,
+        name: str,
+        source: Source,
+        media_type: str = "application/octet-stream",
+        *,
+        expires_in: float | None = None,
+    ) -> str:
+        """`artifact()` for sync jobs (they run in a thread)."""
+        future = asyncio.run_coroutine_threadsafe(
+            self.artifact(name, source, media_type, expires_in=expires_in), self._loop
+        )
+        return future.result()
 
     @property
     def cancelled(self) -> bool:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
 from outlast.exceptions import ConfigError, JobNotFound, UnknownJobName
 from outlast.jobs import Job, JobStatus
 from outlast.metrics import Metrics
@@ -50,6 +51,8 @@ class Outlast:
         self._store: JobStore | None = None
         self._runner: Runner | None = None
         self._positions: PositionTracker | None = None
+        self.artifacts: ArtifactStorage | None = None
+        self.signer: Signer | None = None
         self._started = 0
 
     # -- configuration -------------------------------------------------------------
@@ -137,8 +140,16 @@ class Outlast:
         self._positions = PositionTracker(store)
         self._positions.start()
         concurrency = self.settings.workers if workers is None else workers
+        self.artifacts = LocalStorage(self.settings.artifacts)
+        self.signer = Signer.for_settings(self.settings.signing_key, self.settings.artifacts)
         runner = Runner(
-            store, self.registry, concurrency=concurrency, lease_s=self.settings.lease, metrics=self.metrics
+            store,
+            self.registry,
+            concurrency=concurrency,
+            lease_s=self.settings.lease,
+            metrics=self.metrics,
+            artifacts=self.artifacts,
+            signer=self.signer,
         )
         self.metrics.watch(lambda: runner.running, lambda: store.hub.listener_count)
         self._runner = runner
@@ -235,8 +246,11 @@ class Outlast:
         return job
 
     async def delete(self, job_id: str) -> None:
+        """Forget a terminal job, its result and its artifacts."""
         if not await self.store.delete(job_id):
             raise JobNotFound(f"no job has the id {job_id!r}")
+        if self.artifacts is not None:
+            self.artifacts.delete(job_id)
 
     async def list_jobs(
         self,

@@ -110,6 +110,7 @@ class Edge:
             Route("/jobs/{job_id}/events", e(self.events), methods=["GET"]),
             Route("/events", e(self.status_events), methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
+            Route("/artifacts/{job_id}/{name}", e(self.artifact), methods=["GET"]),
             Route("/healthz", e(self.healthz), methods=["GET"]),
             Route("/metrics", e(self.metrics), methods=["GET"]),
         ]
@@ -187,6 +188,19 @@ class Edge:
         from outlast.ws import websocket_endpoint  # ws builds on this module's job_json
 
         await websocket_endpoint(self.ot, websocket)
+
+    async def artifact(self, request: Request) -> Response:
+        """A stored file, through its signed URL: 403 unless signed, unexpired and for this job."""
+        job_id, name = request.path_params["job_id"], request.path_params["name"]
+        storage, signer = self.ot.artifacts, self.ot.signer
+        assert storage is not None and signer is not None
+        query = request.query_params
+        if not signer.verify(job_id, name, query.get("expires"), query.get("sig")):
+            raise HTTPProblem(403, "the link is not valid, or has expired", type="forbidden")
+        path = storage.path(job_id, name)
+        if path is None:
+            raise HTTPProblem(404, "no such file", type="not_found")
+        return FileResponse(path, media_type=storage.media_type(job_id, name), filename=name)
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from outlast.artifacts import ArtifactStorage, Signer, Source
 from outlast.context import JobContext, Write
 from outlast.exceptions import Cancelled, JobError, RetryableError
 from outlast.jobs import TIMEOUT, WORKER_LOST, ErrorInfo, Job, JobStatus, Outcome, is_json
@@ -69,12 +70,16 @@ class Runner:
         concurrency: int,
         lease_s: float,
         metrics: Metrics | None = None,
+        artifacts: ArtifactStorage | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.metrics = metrics or Metrics()
+        self.artifacts = artifacts
+        self.signer = signer
         self.worker = worker_id()
         self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(concurrency)
@@ -153,7 +158,13 @@ class Runner:
 
     async def _execute(self, job: Job) -> None:
         definition = self.registry[job.name]
-        context = JobContext(job_id=job.id, name=job.name, attempt=job.attempt, loop=asyncio.get_running_loop())
+        context = JobContext(
+            job_id=job.id,
+            name=job.name,
+            attempt=job.attempt,
+            loop=asyncio.get_running_loop(),
+            save_artifact=functools.partial(self._save_artifact, job),
+        )
         running = _Running(job, context, definition)
         self._running[job.id] = running
         write = functools.partial(self.store.record, job.id, job.token)
@@ -172,6 +183,14 @@ class Runner:
                 # thread: keep its slot until the thread is free again.
                 logger.warning("job %s: waiting for its sync function to return", job.id)
                 await asyncio.wait([running.thread])
+
+    async def _save_artifact(
+        self, job: Job, name: str, source: Source, media_type: str, expires_in_s: float | None
+    ) -> str:
+        if self.artifacts is None or self.signer is None:
+            raise RuntimeError("no artifact storage is configured")
+        await self.artifacts.save(job.id, name, source, media_type)
+        return self.signer.url(job.id, name, expires_in_s or max(job.retention_s, 3600.0))
 
     async def _outcome(self, running: _Running) -> Outcome | None:
         """How the attempt ended; None if it was abandoned (lease lost, shutting down)."""
@@ -315,7 +334,9 @@ class Runner:
                         logger.warning("job %s: its worker was lost; now %s", job.id, job.status.value)
                 if now - last_purge >= PURGE_EVERY_S:
                     last_purge = now
-                    await self.store.purge_expired()
+                    for job_id in await self.store.purge_expired():
+                        if self.artifacts is not None:
+                            self.artifacts.delete(job_id)  # artifacts go when their job goes
             except Exception:
                 logger.exception("maintenance failed; trying again")
 
