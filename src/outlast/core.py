@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class Outlast:
@@ -51,6 +53,7 @@ class Outlast:
         self._store: JobStore | None = None
         self._runner: Runner | None = None
         self._positions: PositionTracker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.artifacts: ArtifactStorage | None = None
         self.signer: Signer | None = None
         self._started = 0
@@ -135,6 +138,7 @@ class Outlast:
             raise ConfigError("api_keys is set, but authentication is not part of this version yet")
         store = open_store(self.settings.store)
         await store.open()
+        self._loop = asyncio.get_running_loop()
         self._started = 1
         self._store = store
         self._positions = PositionTracker(store)
@@ -176,6 +180,13 @@ class Outlast:
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+    def run_threadsafe(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on outlast's event loop from another thread (a WSGI view), and wait."""
+        if self._loop is None:
+            coroutine.close()
+            raise ConfigError("outlast is not started: serve the app from ot.app()")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, *, workers: int | None = None) -> AsyncIterator[Outlast]:
@@ -265,15 +276,17 @@ class Outlast:
 
     # -- the web edge ------------------------------------------------------------------
 
-    def app(self, *, dashboard: bool = True, **starlette_options: Any) -> Starlette:
+    def app(self, *, dashboard: bool = True, fallback: ASGIApp | None = None, **starlette_options: Any) -> Starlette:
         """An ASGI app serving the protocol's routes, which starts and stops outlast.
 
-        With `dashboard`, `GET /` serves a page that lists jobs live and submits them.
+        With `dashboard`, `GET /` serves a page that lists jobs live and submits
+        them. `fallback` serves every other path: e.g. a Flask app through
+        `a2wsgi.WSGIMiddleware` (see `outlast.flask`).
         """
         from outlast.http import build_app
 
         self._app_built = True
-        return build_app(self, dashboard=dashboard, **starlette_options)
+        return build_app(self, dashboard=dashboard, fallback=fallback, **starlette_options)
 
     def mount(self, app: ASGIApp, path: str = "") -> None:
         """Add the protocol's routes (under `path`) to an existing Starlette or FastAPI app."""

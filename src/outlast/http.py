@@ -229,7 +229,9 @@ async def _dashboard(request: Request) -> Response:
     return FileResponse(DASHBOARD, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
 
-def build_app(ot: Outlast, *, dashboard: bool = True, **starlette_options: Any) -> Starlette:
+def build_app(
+    ot: Outlast, *, dashboard: bool = True, fallback: ASGIApp | None = None, **starlette_options: Any
+) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with ot.lifespan():
@@ -238,6 +240,8 @@ def build_app(ot: Outlast, *, dashboard: bool = True, **starlette_options: Any) 
     routes = [*Edge(ot).routes(), *ot.routes]
     if dashboard:
         routes.append(Route("/", _dashboard, methods=["GET"]))
+    if fallback is not None:
+        routes.append(Mount("/", app=fallback))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -91,12 +91,27 @@ def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
 async def _serve(
     ot: Outlast, definition: JobDefinition, request: Request, raw: dict[str, Any], *, as_response: bool
 ) -> Any:
-    prefs = parse_prefer(request.headers.getlist("prefer"))
-    job, _ = await ot.submit(definition.name, raw, idempotency_key=idempotency_key(request))
-    wait_s = prefs.wait_s if prefs.wait_s is not None else (0.0 if prefs.respond_async else math.inf)
-    job = await hold(ot, job, wait_s)
     # The protocol's routes hang off the app's root, wherever this route is.
     base = str(request.scope.get("app_root_path", request.scope.get("root_path", ""))) + ot.mount_path
+    prefer = request.headers.getlist("prefer")
+    return await serve_route(ot, definition, raw, prefer, idempotency_key(request), base, as_response=as_response)
+
+
+async def serve_route(
+    ot: Outlast,
+    definition: JobDefinition,
+    raw: dict[str, Any],
+    prefer: list[str],
+    key: str | None,
+    base: str,
+    *,
+    as_response: bool,
+) -> Any:
+    """Run a long-running route's job: its result when fast, else the 303 chain (or 202)."""
+    prefs = parse_prefer(prefer)
+    job, _ = await ot.submit(definition.name, raw, idempotency_key=key)
+    wait_s = prefs.wait_s if prefs.wait_s is not None else (0.0 if prefs.respond_async else math.inf)
+    job = await hold(ot, job, wait_s)
     if not job.is_terminal:
         if prefs.respond_async:
             return accepted(base, job, respond_async=True)

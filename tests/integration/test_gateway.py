@@ -87,3 +87,24 @@ async def test_websockets_pass_through_with_idle_and_maximum_limits(behind_gatew
             async with asyncio.timeout(10):
                 await ws.recv()
         assert time.monotonic() - started < 3
+
+
+def test_the_flask_example_succeeds_through_the_gateway(serve: Any, tmp_path: Path):
+    server = serve("examples.flask_app:app", gateway_timeout=3, margin=1)
+    gateway, url = start_gateway(tmp_path, server.url, "--timeout", "3")
+    try:
+        assert httpx.get(f"{url}/hello", timeout=5).json() == {"hello": "from Flask"}
+        done = subprocess.run(
+            ["curl", "-sS", "-L", "-v", "--max-time", "30", f"{url}/payload?delay=7"],
+            capture_output=True,
+            text=True,
+            timeout=40,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"MESSAGE": "It took 7 seconds to generate this."}
+        assert done.stderr.count("< HTTP/1.1 303") >= 3
+        fast = httpx.get(f"{url}/payload?delay=0.1", timeout=5)
+        assert fast.status_code == 200
+        assert fast.json() == {"MESSAGE": "It took 0.1 seconds to generate this."}
+    finally:
+        gateway.stop()
