@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from outlast import JobContext, JobError, Outlast, RetryableError
@@ -59,3 +60,15 @@ async def too_slow() -> None:
 
 
 app = ot.app()
+
+
+@ot.job()
+async def big_file(ctx: JobContext, megabytes: int = 200) -> str:
+    """Stores a file of `megabytes` MB, written from a stream, and returns its URL."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        block = bytes(range(256)) * 4096  # 1 MiB
+        for _ in range(megabytes):
+            yield block
+
+    return await ctx.artifact("big.bin", chunks(), "application/octet-stream")

@@ -42,7 +42,7 @@ class Process:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OUTLAST_ARTIFACTS": str(self.log.parent / "artifacts")}
         env.pop("OUTLAST_STORE", None)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
