@@ -141,6 +141,10 @@ class Job:
     cancel_requested: bool = False
     last_seq: int = 0
     queue_position: int | None = None
+    # A webhook registered at submit, and when progress was last sent to it.
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    webhook_progress_at: float = 0.0
 
     @classmethod
     def new(
@@ -154,6 +158,8 @@ class Job:
         owner: str | None = None,
         idempotency_key: str | None = None,
         now: float | None = None,
+        webhook_url: str | None = None,
+        webhook_events: tuple[str, ...] = (),
     ) -> Job:
         now = time.time() if now is None else now
         return cls(
@@ -168,6 +174,8 @@ class Job:
             idempotency_key=idempotency_key,
             input_hash=input_fingerprint(name, input),
             run_after=now,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
         )
 
     @property
@@ -244,6 +252,7 @@ class Job:
             "progress": self.progress,
             "result": self.result if self.status is JobStatus.SUCCEEDED else None,
             "error": error,
+            **({"webhook": {"url": self.webhook_url, "events": list(self.webhook_events)}} if self.webhook_url else {}),
         }
 
     def status_event(self) -> tuple[str, dict[str, Any]]:
@@ -307,6 +316,7 @@ def job_record(job: Job) -> dict[str, Any]:
     record = dataclasses.asdict(job)
     record["status"] = job.status.value
     record["error"] = None if job.error is None else job.error.to_dict()
+    record["webhook_events"] = list(job.webhook_events)
     record.pop("queue_position")
     return record
 
@@ -317,4 +327,5 @@ def job_from_record(record: dict[str, Any]) -> Job:
     error = fields.get("error")
     fields["error"] = None if error is None else ErrorInfo.from_dict(error)
     fields["queue_position"] = None
+    fields["webhook_events"] = tuple(fields.get("webhook_events") or ())
     return Job(**fields)

@@ -312,3 +312,45 @@ async def test_queue_positions_of_many_jobs_at_once(store: JobStore):
     assert positions == {jobs[1].id: 0, jobs[2].id: 1, jobs[3].id: 2}
     assert await store.queue_positions("report", []) == {}
     assert await store.queue_positions("other", [jobs[1].id]) == {}
+
+
+async def test_webhook_deliveries_are_written_with_their_events(store: JobStore):
+    job = Job.new(
+        "report", {}, max_attempts=3, retention_s=60, webhook_url="https://example.com/h",
+        webhook_events=("started", "completed"),
+    )  # fmt: skip
+    job, _ = await store.create(job)
+    claimed = await store.claim("w", ["report"], 30)
+    assert claimed is not None
+    await store.finish(job.id, claimed.token, Outcome.succeeded({"ok": 1}))
+    deliveries = await store.claim_deliveries(lease_s=60, limit=10)
+    assert sorted(d.event for d in deliveries) == ["completed", "started"]
+    assert all(d.url == "https://example.com/h" and d.job_id == job.id for d in deliveries)
+    completed = next(d for d in deliveries if d.event == "completed")
+    assert completed.payload["status"] == "succeeded"
+    assert completed.payload["result"] == {"ok": 1}
+    assert await store.claim_deliveries(lease_s=60, limit=10) == []  # leased: not due again yet
+    completed.state, completed.attempt, completed.last_status = "delivered", 1, 200
+    await store.save_delivery(completed)
+    states = {d.event: (d.state, d.attempt) for d in await store.deliveries(job.id)}
+    assert states["completed"] == ("delivered", 1)
+    assert states["started"] == ("pending", 0)
+    await store.delete(job.id)
+    assert await store.deliveries(job.id) == []
+
+
+async def test_a_lapsed_delivery_lease_makes_it_due_again(store: JobStore):
+    job = Job.new(
+        "report", {}, max_attempts=3, retention_s=60, webhook_url="https://e.com", webhook_events=("completed",)
+    )
+    job, _ = await store.create(job)
+    await store.request_cancel(job.id)
+    [first] = await store.claim_deliveries(lease_s=0.01, limit=10)
+    await asyncio.sleep(0.05)  # the sender "crashed": its lease lapses
+    [again] = await store.claim_deliveries(lease_s=60, limit=10)
+    assert again.id == first.id  # the same webhook-id on the retry
+
+
+async def test_settings_keep_the_first_value(store: JobStore):
+    assert await store.setting("secret", "a") == "a"
+    assert await store.setting("secret", "b") == "a"

@@ -15,6 +15,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
+from outlast.deliveries import Delivery
 from outlast.exceptions import InvalidRequest
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome
@@ -108,6 +109,20 @@ class JobStore(Protocol):
 
     async def purge_expired(self) -> list[str]:
         """Forget terminal jobs past their `expires_at`; the ids that went."""
+
+    # -- the webhook outbox (deliveries are written with the events that cause them)
+
+    async def claim_deliveries(self, lease_s: float, limit: int) -> list[Delivery]:
+        """Take due pending deliveries: each is not due again for `lease_s` (a crashed sender's are retried)."""
+
+    async def save_delivery(self, delivery: Delivery) -> None:
+        """Write back how an attempt went."""
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        """A job's deliveries, oldest first."""
+
+    async def setting(self, name: str, value: str) -> str:
+        """Store `value` under `name` unless one is there; return the stored one."""
 
 
 # -- helpers shared by the stores --------------------------------------------

@@ -12,6 +12,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from outlast.deliveries import PENDING, Delivery, deliveries_for
 from outlast.exceptions import IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
@@ -26,6 +27,8 @@ class MemoryStore:
         self._events: dict[str, list[Event]] = {}
         self._keys: dict[tuple[str | None, str], str] = {}
         self._counter = itertools.count()
+        self._deliveries: dict[str, Delivery] = {}
+        self._settings: dict[str, str] = {}
 
     async def open(self) -> None:
         pass
@@ -37,6 +40,8 @@ class MemoryStore:
         job.last_seq += 1
         event = Event(job.id, job.last_seq, type, data)
         self._events[job.id].append(event)
+        for delivery in deliveries_for(job, type, data, time.time()):
+            self._deliveries[delivery.id] = delivery
         return event
 
     def _publish(self, events: Sequence[Event]) -> None:
@@ -111,6 +116,8 @@ class MemoryStore:
         del self._events[job.id]
         if job.idempotency_key is not None:
             self._keys.pop((job.owner, job.idempotency_key), None)
+        for delivery_id in [d.id for d in self._deliveries.values() if d.job_id == job.id]:
+            del self._deliveries[delivery_id]
 
     async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
         queue = sorted(
@@ -206,3 +213,20 @@ class MemoryStore:
         for job in expired:
             self._forget(job)
         return [j.id for j in expired]
+
+    async def claim_deliveries(self, lease_s: float, limit: int) -> list[Delivery]:
+        now = time.time()
+        due = [d for d in self._deliveries.values() if d.state == PENDING and d.next_at <= now][:limit]
+        for delivery in due:
+            delivery.next_at = now + lease_s
+        return [copy.deepcopy(d) for d in due]
+
+    async def save_delivery(self, delivery: Delivery) -> None:
+        if delivery.id in self._deliveries:
+            self._deliveries[delivery.id] = copy.deepcopy(delivery)
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        return [copy.deepcopy(d) for d in self._deliveries.values() if d.job_id == job_id]
+
+    async def setting(self, name: str, value: str) -> str:
+        return self._settings.setdefault(name, value)

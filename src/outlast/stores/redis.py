@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -28,6 +29,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+from outlast.deliveries import PENDING, Delivery, deliveries_for
 from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, job_from_record, job_record, lose_worker
@@ -68,6 +70,17 @@ return false
 """
 
 
+# KEYS[1] the due deliveries; ARGV: now, lease_until, limit. Takes the due ones and
+# makes them due again at lease_until (a sender that crashes is retried then).
+CLAIM_DELIVERIES = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+end
+return due
+"""
+
+
 class Keys:
     """Every key and channel, in one place."""
 
@@ -80,6 +93,8 @@ class Keys:
         self.leases = p + "leases"
         self.jobs = p + "jobs"
         self.expiry = p + "expiry"
+        self.deliveries_due = p + "deliveries"
+        self.settings = p + "settings"
         self.events_channel = p + "events"
         self.cancel_channel = p + "cancel"
 
@@ -88,6 +103,12 @@ class Keys:
 
     def events(self, job_id: str) -> str:
         return f"{self.prefix}events:{job_id}"
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}delivery:{delivery_id}"
+
+    def job_deliveries(self, job_id: str) -> str:
+        return f"{self.prefix}job-deliveries:{job_id}"
 
     def queue(self, name: str) -> str:
         return self.queue_prefix + name
@@ -120,6 +141,7 @@ class RedisStore:
         # Any: redis-py types each reply as a union that ignores decode_responses.
         self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True)
         self._claim = self._redis.register_script(CLAIM)
+        self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
         self._listener: asyncio.Task[None] | None = None
 
@@ -184,6 +206,18 @@ class RedisStore:
     def _append(self, job: Job, change: _Change, type: str, data: dict[str, Any]) -> None:
         job.last_seq += 1
         change.events.append(Event(job.id, job.last_seq, type, data))
+        for delivery in deliveries_for(job, type, data, time.time()):
+            change.ops.append(functools.partial(self._put_delivery, delivery=delivery, new=True))
+
+    def _put_delivery(self, pipe: Any, *, delivery: Delivery, new: bool = False) -> None:
+        keys = self.keys
+        pipe.set(keys.delivery(delivery.id), _dumps(delivery.to_record()))
+        if delivery.state == PENDING:
+            pipe.zadd(keys.deliveries_due, {delivery.id: delivery.next_at})
+        else:
+            pipe.zrem(keys.deliveries_due, delivery.id)
+        if new:
+            pipe.rpush(keys.job_deliveries(delivery.job_id), delivery.id)
 
     def _status(self, job: Job, change: _Change) -> None:
         """The status event of a transition, and the indexes that follow the new status."""
@@ -311,9 +345,13 @@ class RedisStore:
 
     async def _forget(self, jobs: Sequence[Job]) -> None:
         keys = self.keys
+        deliveries = {job.id: await self._redis.lrange(keys.job_deliveries(job.id), 0, -1) for job in jobs}
         async with self._redis.pipeline(transaction=True) as pipe:
             for job in jobs:
-                pipe.delete(keys.job(job.id), keys.events(job.id))
+                pipe.delete(keys.job(job.id), keys.events(job.id), keys.job_deliveries(job.id))
+                for delivery_id in deliveries[job.id]:
+                    pipe.delete(keys.delivery(delivery_id))
+                    pipe.zrem(keys.deliveries_due, delivery_id)
                 pipe.zrem(keys.jobs, job.id)
                 pipe.zrem(keys.expiry, job.id)
                 if job.idempotency_key is not None:
@@ -480,6 +518,37 @@ class RedisStore:
             await self._redis.zrem(self.keys.expiry, *[i for i in ids if i not in gone])
             await self._redis.zrem(self.keys.jobs, *[i for i in ids if i not in gone])
         return list(ids)
+
+    # -- the webhook outbox -------------------------------------------------------------
+
+    async def claim_deliveries(self, lease_s: float, limit: int) -> list[Delivery]:
+        now = time.time()
+        ids = await self._claim_deliveries(keys=[self.keys.deliveries_due], args=[now, now + lease_s, limit])
+        if not ids:
+            return []
+        raws = await self._redis.mget([self.keys.delivery(i) for i in ids])
+        claimed = [Delivery.from_record(json.loads(raw)) for raw in raws if raw]
+        for delivery in claimed:
+            delivery.next_at = now + lease_s
+        return claimed
+
+    async def save_delivery(self, delivery: Delivery) -> None:
+        if not await self._redis.exists(self.keys.delivery(delivery.id)):
+            return  # its job is gone
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self._put_delivery(pipe, delivery=delivery)
+            await pipe.execute()
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        ids = await self._redis.lrange(self.keys.job_deliveries(job_id), 0, -1)
+        if not ids:
+            return []
+        raws = await self._redis.mget([self.keys.delivery(i) for i in ids])
+        return [Delivery.from_record(json.loads(raw)) for raw in raws if raw]
+
+    async def setting(self, name: str, value: str) -> str:
+        await self._redis.hsetnx(self.keys.settings, name, value)
+        return str(await self._redis.hget(self.keys.settings, name))
 
     # -- events and cancellations from other nodes ---------------------------------------
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from outlast.deliveries import Delivery, deliveries_for
 from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import ErrorInfo, Event, Job, JobStatus, Outcome, lose_worker
@@ -61,7 +62,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     token INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    webhook_url TEXT,
+    webhook_events TEXT,
+    webhook_progress_at REAL NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -78,6 +82,16 @@ CREATE TABLE IF NOT EXISTS events (
     origin TEXT NOT NULL,
     UNIQUE (job_id, seq)
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    state TEXT NOT NULL,
+    next_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 # Columns written back by `_save` after a transition (everything that can change).
@@ -96,6 +110,7 @@ MUTABLE = (
     "worker",
     "cancel_requested",
     "last_seq",
+    "webhook_progress_at",
 )
 
 
@@ -145,6 +160,9 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         worker=row["worker"],
         cancel_requested=bool(row["cancel_requested"]),
         last_seq=row["last_seq"],
+        webhook_url=row["webhook_url"],
+        webhook_events=tuple(_loads(row["webhook_events"]) or ()),
+        webhook_progress_at=row["webhook_progress_at"],
     )
 
 
@@ -174,6 +192,9 @@ def _column_values(job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "cancel_requested": int(job.cancel_requested),
         "last_seq": job.last_seq,
+        "webhook_url": job.webhook_url,
+        "webhook_events": _dumps(list(job.webhook_events)),
+        "webhook_progress_at": job.webhook_progress_at,
     }
 
 
@@ -270,7 +291,20 @@ class SQLiteStore:
             "INSERT INTO events (job_id, seq, type, data, origin) VALUES (?, ?, ?, ?, ?)",
             (job.id, job.last_seq, type, _dumps(data), self._origin),
         )
+        for delivery in deliveries_for(job, type, data, time.time()):
+            self._put_delivery(conn, delivery, insert=True)
         return Event(job.id, job.last_seq, type, data)
+
+    @staticmethod
+    def _put_delivery(conn: sqlite3.Connection, delivery: Delivery, *, insert: bool = False) -> None:
+        values = (_dumps(delivery.to_record()), delivery.state, delivery.next_at, delivery.id)
+        if insert:
+            conn.execute(
+                "INSERT INTO deliveries (record, state, next_at, id, job_id) VALUES (?, ?, ?, ?, ?)",
+                (*values, delivery.job_id),
+            )
+        else:
+            conn.execute("UPDATE deliveries SET record = ?, state = ?, next_at = ? WHERE id = ?", values)
 
     def _status_event(self, conn: sqlite3.Connection, job: Job) -> Event:
         job.queue_position = self._position(conn, job)
@@ -386,6 +420,7 @@ class SQLiteStore:
     @staticmethod
     def _forget(conn: sqlite3.Connection, job_ids: Sequence[str]) -> None:
         conn.executemany("DELETE FROM events WHERE job_id = ?", [(i,) for i in job_ids])
+        conn.executemany("DELETE FROM deliveries WHERE job_id = ?", [(i,) for i in job_ids])
         conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
 
     async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
@@ -477,8 +512,13 @@ class SQLiteStore:
                 job.progress = progress
             written = [self._append(conn, job, type, data) for type, data in events]
             conn.execute(
-                "UPDATE jobs SET progress = ?, last_seq = ? WHERE id = ?",
-                (None if job.progress is None else _dumps(job.progress), job.last_seq, job_id),
+                "UPDATE jobs SET progress = ?, last_seq = ?, webhook_progress_at = ? WHERE id = ?",
+                (
+                    None if job.progress is None else _dumps(job.progress),
+                    job.last_seq,
+                    job.webhook_progress_at,
+                    job_id,
+                ),
             )
             return written
 
@@ -555,6 +595,43 @@ class SQLiteStore:
             return ids
 
         return await self._writer.write(purge)
+
+    # -- the webhook outbox -------------------------------------------------------------
+
+    async def claim_deliveries(self, lease_s: float, limit: int) -> list[Delivery]:
+        def claim(conn: sqlite3.Connection) -> list[Delivery]:
+            now = time.time()
+            rows = conn.execute(
+                "SELECT record FROM deliveries WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            claimed = [Delivery.from_record(json.loads(row[0])) for row in rows]
+            for delivery in claimed:
+                delivery.next_at = now + lease_s
+                self._put_delivery(conn, delivery)
+            return claimed
+
+        return await self._writer.write(claim)
+
+    async def save_delivery(self, delivery: Delivery) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            self._put_delivery(conn, delivery)
+
+        await self._writer.write(save)
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        def read(conn: sqlite3.Connection) -> list[Delivery]:
+            rows = conn.execute("SELECT record FROM deliveries WHERE job_id = ? ORDER BY rowid", (job_id,))
+            return [Delivery.from_record(json.loads(row[0])) for row in rows]
+
+        return await self._reader.run(read)
+
+    async def setting(self, name: str, value: str) -> str:
+        def put(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", (name, value))
+            return str(conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()[0])
+
+        return await self._writer.write(put)
 
     # -- events written by other processes ----------------------------------------
 
