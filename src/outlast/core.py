@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
+from outlast.deliveries import DEFAULT_EVENTS
 from outlast.exceptions import ConfigError, JobNotFound, UnknownJobName
 from outlast.jobs import Job, JobStatus
 from outlast.metrics import Metrics
@@ -17,6 +18,7 @@ from outlast.registry import JobDefinition
 from outlast.runner import Runner
 from outlast.settings import Settings
 from outlast.stores import JobStore, ListQuery, Page, open_store
+from outlast.webhooks import Dispatcher, Resolver, parse_networks, resolve_allowed, secret_for, system_resolver
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -53,6 +55,9 @@ class Outlast:
         self._store: JobStore | None = None
         self._runner: Runner | None = None
         self._positions: PositionTracker | None = None
+        self._dispatcher: Dispatcher | None = None
+        # How webhook hosts are resolved (at submit and at delivery); tests may swap it.
+        self.webhook_resolver: Resolver = system_resolver
         self._loop: asyncio.AbstractEventLoop | None = None
         self.artifacts: ArtifactStorage | None = None
         self.signer: Signer | None = None
@@ -143,6 +148,15 @@ class Outlast:
         self._store = store
         self._positions = PositionTracker(store)
         self._positions.start()
+        secret = await secret_for(store, self.settings.webhook_secret)
+        self._dispatcher = Dispatcher(
+            store,
+            secret,
+            allow=parse_networks(self.settings.webhook_allow),
+            backoff_s=self.settings.webhook_backoff,
+            resolve=self.webhook_resolver,
+        )
+        self._dispatcher.start()
         concurrency = self.settings.workers if workers is None else workers
         self.artifacts = LocalStorage(self.settings.artifacts)
         self.signer = Signer.for_settings(self.settings.signing_key, self.settings.artifacts)
@@ -177,6 +191,9 @@ class Outlast:
         if self._positions is not None:
             await self._positions.stop()
             self._positions = None
+        if self._dispatcher is not None:
+            await self._dispatcher.stop()
+            self._dispatcher = None
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -205,13 +222,19 @@ class Outlast:
         *,
         idempotency_key: str | None = None,
         owner: str | None = None,
+        webhook: str | None = None,
+        webhook_events: tuple[str, ...] = DEFAULT_EVENTS,
     ) -> tuple[Job, bool]:
         """Validate `input` and queue a job; returns it and whether it is new.
 
-        Raises `UnknownJobName`, `InvalidInput`, or `IdempotencyConflict`.
+        `webhook` is a URL to `POST` the job to on `webhook_events`. Raises
+        `UnknownJobName`, `InvalidInput` (a webhook URL that may not be called
+        too), or `IdempotencyConflict`.
         """
         definition = self.definition(name)
         validated = definition.validate(dict(input or {}))
+        if webhook is not None:
+            await resolve_allowed(webhook, parse_networks(self.settings.webhook_allow), self.webhook_resolver)
         job = Job.new(
             name,
             validated,
@@ -220,6 +243,8 @@ class Outlast:
             timeout_s=definition.timeout_s,
             owner=owner,
             idempotency_key=idempotency_key,
+            webhook_url=webhook,
+            webhook_events=webhook_events if webhook is not None else (),
         )
         stored, created = await self.store.create(job)
         if created:

@@ -25,6 +25,7 @@ from outlast.links import job_json, job_url
 from outlast.prefer import idempotency_key, int_param, json_object, preferences
 from outlast.problems import HTTPProblem, from_exception, problem
 from outlast.stores.base import MAX_LIST_LIMIT
+from outlast.webhooks import parse_events
 
 if TYPE_CHECKING:
     from outlast.core import Outlast
@@ -127,7 +128,9 @@ class Edge:
         key = idempotency_key(request)
         prefs = preferences(request)
         body = await json_object(request, self.ot.settings.max_body)
-        job, _ = await self.ot.submit(name, body, idempotency_key=key)
+        webhook = request.headers.get("outlast-webhook")
+        events = parse_events(request.headers.get("outlast-webhook-events"))
+        job, _ = await self.ot.submit(name, body, idempotency_key=key, webhook=webhook, webhook_events=events)
         if prefs.wait_s is not None:
             wait_s = prefs.wait_s
         else:
@@ -141,7 +144,11 @@ class Edge:
 
     async def status(self, request: Request) -> Response:
         job = await hold(self.ot, await self.load(request), preferences(request).wait_s or 0.0)
-        return JSONResponse(job_json(base_of(request), job))
+        body = job_json(base_of(request), job)
+        if job.webhook_url is not None:  # how its deliveries are going
+            deliveries = await self.ot.store.deliveries(job.id)
+            body["webhook"]["deliveries"] = [d.to_public() for d in deliveries]
+        return JSONResponse(body)
 
     async def result(self, request: Request) -> Response:
         job = await self.load(request)

@@ -6,6 +6,7 @@ default. Durations are seconds (floats allowed).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -35,15 +36,25 @@ class Settings(BaseModel):
     max_attempts: Annotated[int, Field(ge=1)] = Field(3, description="attempts before a job fails for good")
     webhook_secret: str | None = None
     webhook_allow: tuple[str, ...] = ()
+    webhook_backoff: tuple[Annotated[float, Field(ge=0)], ...] = Field(
+        (0, 5, 300, 1800, 7200, 18000, 36000), description="seconds before each webhook attempt"
+    )
     signing_key: str | None = None
     artifacts: str = "./outlast-artifacts"
     api_keys: tuple[str, ...] = ()
 
-    @field_validator("webhook_allow", "api_keys", mode="before")
+    @field_validator("webhook_allow", "api_keys", "webhook_backoff", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad one
         return value
 
     @model_validator(mode="after")

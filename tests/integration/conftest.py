@@ -36,14 +36,16 @@ def _flags(settings: dict[str, Any]) -> list[str]:
 class Process:
     """An `outlast` subprocess; its output goes to a log file the test can read."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.log = log
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OUTLAST_ARTIFACTS": str(self.log.parent / "artifacts")}
         env.pop("OUTLAST_STORE", None)
+        env.update(self.env)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "outlast", *self.args], cwd=ROOT, env=env, stdout=out, stderr=out
@@ -75,11 +77,13 @@ class Process:
 class Server(Process):
     """`outlast serve` on a free port."""
 
-    def __init__(self, tmp_path: Path, target: str, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, tmp_path: Path, target: str, settings: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["serve", target, "--port", str(self.port), "--log-level", "warning", *_flags(settings)]
-        super().__init__(args, tmp_path / f"server-{self.port}.log")
+        super().__init__(args, tmp_path / f"server-{self.port}.log", env)
 
     def start(self) -> None:
         super().start()
@@ -110,9 +114,9 @@ def serve(tmp_path: Path, db_url: str) -> Iterator[Any]:
     """Start `outlast serve` (tests.apps:ot by default); stopped at the end of the test."""
     started: list[Process] = []
 
-    def start(target: str = "tests.apps:ot", **settings: Any) -> Server:
+    def start(target: str = "tests.apps:ot", env: dict[str, str] | None = None, **settings: Any) -> Server:
         settings.setdefault("store", db_url)
-        server = Server(tmp_path, target, settings)
+        server = Server(tmp_path, target, settings, env)
         server.start()
         started.append(server)
         return server

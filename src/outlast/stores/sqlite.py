@@ -337,6 +337,14 @@ class SQLiteStore:
         ).fetchone()
         return int(row[0])
 
+    async def _any(self, sql: str, *params: Any) -> bool:
+        """Whether `sql` (ending with a `?` for now) finds a row, on the reader."""
+
+        def read(conn: sqlite3.Connection) -> bool:
+            return conn.execute(sql, (*params, time.time())).fetchone() is not None
+
+        return await self._reader.run(read)
+
     def _publish(self, events: Sequence[Event]) -> None:
         for event in events:
             self.hub.publish(event)
@@ -456,6 +464,9 @@ class SQLiteStore:
             job.start(worker, lease_s, now)
             return job, self._transition(conn, job)
 
+        exists = f"SELECT 1 FROM jobs WHERE status = 'queued' AND name IN ({marks}) AND run_after <= ? LIMIT 1"
+        if not await self._any(exists, *names):
+            return None  # a cheap read first: idle workers don't take the write lock
         claimed = await self._writer.write(claim)
         if claimed is None:
             return None
@@ -599,6 +610,9 @@ class SQLiteStore:
     # -- the webhook outbox -------------------------------------------------------------
 
     async def claim_deliveries(self, lease_s: float, limit: int) -> list[Delivery]:
+        if not await self._any("SELECT 1 FROM deliveries WHERE state = 'pending' AND next_at <= ? LIMIT 1"):
+            return []  # a cheap read first: idle processes don't take the write lock
+
         def claim(conn: sqlite3.Connection) -> list[Delivery]:
             now = time.time()
             rows = conn.execute(
