@@ -25,8 +25,8 @@ from outlast.jobs import JobStatus
 from outlast.runner import JOB_THREAD_PREFIX
 from outlast.settings import Settings
 from outlast.stores import JobStore, ListQuery, open_store
+from outlast.stores._sqlite_db import path_from_url
 from outlast.stores.base import MAX_LIST_LIMIT
-from outlast.stores.sqlite import path_from_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")

@@ -32,6 +32,14 @@ HOSTILE = [
 ]
 
 
+def recording(sent: list[httpx.Request], status: int) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(status)
+
+    return httpx.MockTransport(handle)
+
+
 def headers_for(secret: str, body: bytes, message_id: str = "msg_1", timestamp: int | None = None) -> dict[str, str]:
     timestamp = int(time.time()) if timestamp is None else timestamp
     return {

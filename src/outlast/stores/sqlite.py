@@ -17,234 +17,29 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from outlast.deliveries import Delivery, deliveries_for
-from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
+from outlast.exceptions import IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
-from outlast.jobs import ErrorInfo, Event, Job, JobStatus, Outcome, lose_worker
+from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
+from outlast.stores._sqlite_db import (
+    MUTABLE,
+    SCHEMA,
+    Connection,
+    column_values,
+    dumps,
+    job_from_row,
+    path_from_url,
+)
 from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
 
 logger = logging.getLogger("outlast.store")
 
-T = TypeVar("T")
-
 POLL_INTERVAL_S = 0.05
 POLL_BATCH = 1000
-BUSY_TIMEOUT_MS = 15_000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    qorder INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    input TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    expires_at REAL,
-    attempt INTEGER NOT NULL,
-    max_attempts INTEGER NOT NULL,
-    timeout_s REAL,
-    retention_s REAL NOT NULL,
-    progress TEXT,
-    result TEXT,
-    error TEXT,
-    owner TEXT NOT NULL DEFAULT '',
-    idempotency_key TEXT,
-    input_hash TEXT NOT NULL,
-    run_after REAL NOT NULL,
-    lease_until REAL,
-    token INTEGER NOT NULL DEFAULT 0,
-    worker TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    webhook_url TEXT,
-    webhook_events TEXT,
-    webhook_progress_at REAL NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, name, qorder);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, lease_until);
-CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created_at DESC, id DESC);
-CREATE TABLE IF NOT EXISTS events (
-    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    UNIQUE (job_id, seq)
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    record TEXT NOT NULL,
-    state TEXT NOT NULL,
-    next_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
-CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-# Columns written back by `_save` after a transition (everything that can change).
-MUTABLE = (
-    "status",
-    "started_at",
-    "finished_at",
-    "expires_at",
-    "attempt",
-    "progress",
-    "result",
-    "error",
-    "run_after",
-    "lease_until",
-    "token",
-    "worker",
-    "cancel_requested",
-    "last_seq",
-    "webhook_progress_at",
-)
-
-
-def path_from_url(url: str) -> str:
-    """`sqlite:///rel.db` -> `rel.db`, `sqlite:////abs/x.db` -> `/abs/x.db`."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"a SQLite store URL looks like sqlite:///outlast.db, not {url!r}")
-    path = url[len(prefix) :]
-    if path == ":memory:":
-        raise ConfigError("an in-memory SQLite database can't be shared by outlast's connections: use memory://")
-    return path
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _job_from_row(row: sqlite3.Row) -> Job:
-    error = _loads(row["error"])
-    return Job(
-        id=row["id"],
-        name=row["name"],
-        input=json.loads(row["input"]),
-        status=JobStatus(row["status"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        expires_at=row["expires_at"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        timeout_s=row["timeout_s"],
-        retention_s=row["retention_s"],
-        progress=_loads(row["progress"]),
-        result=_loads(row["result"]),
-        error=None if error is None else ErrorInfo.from_dict(error),
-        owner=row["owner"] or None,
-        idempotency_key=row["idempotency_key"],
-        input_hash=row["input_hash"],
-        run_after=row["run_after"],
-        lease_until=row["lease_until"],
-        token=row["token"],
-        worker=row["worker"],
-        cancel_requested=bool(row["cancel_requested"]),
-        last_seq=row["last_seq"],
-        webhook_url=row["webhook_url"],
-        webhook_events=tuple(_loads(row["webhook_events"]) or ()),
-        webhook_progress_at=row["webhook_progress_at"],
-    )
-
-
-def _column_values(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "name": job.name,
-        "status": job.status.value,
-        "input": _dumps(job.input),
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "expires_at": job.expires_at,
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "timeout_s": job.timeout_s,
-        "retention_s": job.retention_s,
-        "progress": None if job.progress is None else _dumps(job.progress),
-        "result": _dumps(job.result) if job.status is JobStatus.SUCCEEDED else None,
-        "error": None if job.error is None else _dumps(job.error.to_dict()),
-        "owner": job.owner or "",
-        "idempotency_key": job.idempotency_key,
-        "input_hash": job.input_hash,
-        "run_after": job.run_after,
-        "lease_until": job.lease_until,
-        "token": job.token,
-        "worker": job.worker,
-        "cancel_requested": int(job.cancel_requested),
-        "last_seq": job.last_seq,
-        "webhook_url": job.webhook_url,
-        "webhook_events": _dumps(list(job.webhook_events)),
-        "webhook_progress_at": job.webhook_progress_at,
-    }
-
-
-class _Connection:
-    """One sqlite3 connection, used only from its own thread."""
-
-    def __init__(self, path: str, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"outlast-sqlite-{name}")
-        self._path = path
-        self._conn: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        return conn
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
-
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._connect()
-        return fn(self._conn)
-
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` inside one BEGIN IMMEDIATE transaction."""
-
-        def transaction(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                value = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return value
-
-        return await self.run(transaction)
-
-    async def close(self) -> None:
-        def close(conn: sqlite3.Connection) -> None:
-            conn.close()
-
-        if self._conn is not None:
-            await self.run(close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
 
 
 class SQLiteStore:
@@ -253,8 +48,8 @@ class SQLiteStore:
         self.path = path
         self.poll_interval_s = poll_interval_s
         self._origin = secrets.token_hex(8)
-        self._writer = _Connection(path, "w")
-        self._reader = _Connection(path, "r")
+        self._writer = Connection(path, "w")
+        self._reader = Connection(path, "r")
         self._poller: asyncio.Task[None] | None = None
         self._seen_rowid = 0
 
@@ -289,7 +84,7 @@ class SQLiteStore:
         job.last_seq += 1
         conn.execute(
             "INSERT INTO events (job_id, seq, type, data, origin) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.last_seq, type, _dumps(data), self._origin),
+            (job.id, job.last_seq, type, dumps(data), self._origin),
         )
         for delivery in deliveries_for(job, type, data, time.time()):
             self._put_delivery(conn, delivery, insert=True)
@@ -297,7 +92,7 @@ class SQLiteStore:
 
     @staticmethod
     def _put_delivery(conn: sqlite3.Connection, delivery: Delivery, *, insert: bool = False) -> None:
-        values = (_dumps(delivery.to_record()), delivery.state, delivery.next_at, delivery.id)
+        values = (dumps(delivery.to_record()), delivery.state, delivery.next_at, delivery.id)
         if insert:
             conn.execute(
                 "INSERT INTO deliveries (record, state, next_at, id, job_id) VALUES (?, ?, ?, ?, ?)",
@@ -311,7 +106,7 @@ class SQLiteStore:
         return self._append(conn, job, *job.status_event())
 
     def _save(self, conn: sqlite3.Connection, job: Job) -> None:
-        values = _column_values(job)
+        values = column_values(job)
         assignments = ", ".join(f"{column} = :{column}" for column in MUTABLE)
         conn.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", values)
 
@@ -324,7 +119,7 @@ class SQLiteStore:
     @staticmethod
     def _load(conn: sqlite3.Connection, job_id: str) -> Job | None:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job_from_row(row)
+        return None if row is None else job_from_row(row)
 
     @staticmethod
     def _position(conn: sqlite3.Connection, job: Job) -> int | None:
@@ -359,12 +154,12 @@ class SQLiteStore:
                     (job.owner or "", job.idempotency_key),
                 ).fetchone()
                 if row is not None:
-                    existing = _job_from_row(row)
+                    existing = job_from_row(row)
                     if existing.input_hash != job.input_hash:
                         raise IdempotencyConflict()
                     existing.queue_position = self._position(conn, existing)
                     return existing, None
-            values = _column_values(job)
+            values = column_values(job)
             columns = ", ".join(values)
             placeholders = ", ".join(f":{c}" for c in values)
             conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", values)
@@ -406,7 +201,7 @@ class SQLiteStore:
         params.append(query.limit + 1)
 
         def list_jobs(conn: sqlite3.Connection) -> list[Job]:
-            jobs = [_job_from_row(row) for row in conn.execute(sql, params)]
+            jobs = [job_from_row(row) for row in conn.execute(sql, params)]
             for job in jobs:
                 job.queue_position = self._position(conn, job)
             return jobs
@@ -460,7 +255,7 @@ class SQLiteStore:
             row = conn.execute(sql, [*names, now]).fetchone()
             if row is None:
                 return None
-            job = _job_from_row(row)
+            job = job_from_row(row)
             job.start(worker, lease_s, now)
             return job, self._transition(conn, job)
 
@@ -525,7 +320,7 @@ class SQLiteStore:
             conn.execute(
                 "UPDATE jobs SET progress = ?, last_seq = ?, webhook_progress_at = ? WHERE id = ?",
                 (
-                    None if job.progress is None else _dumps(job.progress),
+                    None if job.progress is None else dumps(job.progress),
                     job.last_seq,
                     job.webhook_progress_at,
                     job_id,
@@ -589,7 +384,7 @@ class SQLiteStore:
             rows = conn.execute("SELECT * FROM jobs WHERE status = 'running' AND lease_until < ?", (now,)).fetchall()
             reclaimed = []
             for row in rows:
-                job = _job_from_row(row)
+                job = job_from_row(row)
                 lose_worker(job, now)
                 reclaimed.append((job, self._transition(conn, job)))
             return reclaimed
