@@ -104,9 +104,7 @@ async def test_a_name_that_turns_private_after_submit_is_refused_at_delivery():
         await ot.wait(job.id, 5)
         sent: list[httpx.Request] = []
         dispatcher = Dispatcher(ot.store, new_secret(), resolve=rebinding)
-        dispatcher._client = httpx.AsyncClient(
-            transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))
-        )
+        dispatcher._client = httpx.AsyncClient(transport=recording(sent, 200))
         [delivery] = await ot.store.deliveries(job.id)
         await dispatcher.deliver(delivery)
         assert sent == []  # no connection was made
@@ -124,9 +122,7 @@ async def test_deliveries_go_to_the_checked_address_with_the_urls_host():
     async with ot.lifespan():
         secret = new_secret()
         dispatcher = Dispatcher(ot.store, secret, resolve=resolver)
-        dispatcher._client = httpx.AsyncClient(
-            transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(204))
-        )
+        dispatcher._client = httpx.AsyncClient(transport=recording(sent, 204))
         delivery = Delivery("msg_x", "j_x", "https://hooks.example.com/in?a=1", "completed", {"id": "j_x"}, 0)
         await dispatcher.deliver(delivery)
     [request] = sent
