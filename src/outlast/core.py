@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
+from outlast.auth import ApiKeys
 from outlast.deliveries import DEFAULT_EVENTS
 from outlast.exceptions import ConfigError, JobNotFound, UnknownJobName
 from outlast.jobs import Job, JobStatus
@@ -50,6 +51,7 @@ class Outlast:
         self.routes: list[BaseRoute] = []
         # Where the protocol's routes are, relative to the app's root.
         self.mount_path = ""
+        self.keys = ApiKeys(self.settings.api_keys)
         self._app_built = False
         self.metrics = Metrics()
         self._store: JobStore | None = None
@@ -138,9 +140,7 @@ class Outlast:
         if self._started:
             self._started += 1
             return
-        if self.settings.api_keys:
-            # Refuse rather than serve without the protection the operator asked for.
-            raise ConfigError("api_keys is set, but authentication is not part of this version yet")
+        self.keys = ApiKeys(self.settings.api_keys)
         store = open_store(self.settings.store)
         await store.open()
         self._loop = asyncio.get_running_loop()
@@ -251,9 +251,10 @@ class Outlast:
             self.metrics.submitted.labels(name).inc()
         return stored, created
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, *, owner: str | None = None) -> Job:
+        """The job; `JobNotFound` if there is none, or (with `owner`) if it is someone else's."""
         job = await self.store.get(job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound(f"no job has the id {job_id!r}")
         return job
 

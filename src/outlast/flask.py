@@ -53,16 +53,18 @@ def long_running(
             given = {**request.args.to_dict(), **url_values}
             raw = {key: value for key, value in given.items() if key in parameters}
             base = request.environ.get("SCRIPT_NAME", "").rstrip("/") + ot.mount_path
-            serving = serve_route(
-                ot,
-                definition,
-                raw,
-                request.headers.getlist("Prefer"),
-                request.headers.get("Idempotency-Key"),
-                base,
-                as_response=True,
-            )
             try:
+                owner = ot.keys.owner({"authorization": request.headers.get("Authorization", "")})
+                serving = serve_route(
+                    ot,
+                    definition,
+                    raw,
+                    request.headers.getlist("Prefer"),
+                    request.headers.get("Idempotency-Key"),
+                    base,
+                    owner=owner,
+                    as_response=True,
+                )
                 answer = ot.run_threadsafe(serving)
             except Exception as exc:
                 answer = from_exception(exc)

@@ -116,13 +116,19 @@ class Edge:
             Route("/metrics", e(self.metrics), methods=["GET"]),
         ]
 
+    def owner(self, request: Request) -> str | None:
+        """Who asks (401/403 problems when auth is on and the key is missing or unknown)."""
+        return self.ot.keys.owner(request.headers)
+
     async def load(self, request: Request) -> Job:
-        return await self.ot.get(request.path_params["job_id"])
+        """The job in the path, if the caller may see it (404 otherwise, as if it did not exist)."""
+        return await self.ot.get(request.path_params["job_id"], owner=self.owner(request))
 
     # -- endpoints -------------------------------------------------------------------------
 
     async def submit(self, request: Request) -> Response:
         name = request.path_params["name"]
+        owner = self.owner(request)
         if not self.ot.definition(name).public:  # 404 for an unknown name, before reading the body
             raise UnknownJobName(f"no job is named {name!r}")
         key = idempotency_key(request)
@@ -130,7 +136,9 @@ class Edge:
         body = await json_object(request, self.ot.settings.max_body)
         webhook = request.headers.get("outlast-webhook")
         events = parse_events(request.headers.get("outlast-webhook-events"))
-        job, _ = await self.ot.submit(name, body, idempotency_key=key, webhook=webhook, webhook_events=events)
+        job, _ = await self.ot.submit(
+            name, body, idempotency_key=key, owner=owner, webhook=webhook, webhook_events=events
+        )
         if prefs.wait_s is not None:
             wait_s = prefs.wait_s
         else:
@@ -162,12 +170,12 @@ class Edge:
         return terminal_result(job)
 
     async def cancel(self, request: Request) -> Response:
-        job = await self.ot.cancel(request.path_params["job_id"])
+        job = await self.ot.cancel((await self.load(request)).id)
         status = 202 if job.status is JobStatus.RUNNING else 200
         return JSONResponse(job_json(base_of(request), job), status_code=status)
 
     async def delete(self, request: Request) -> Response:
-        await self.ot.delete(request.path_params["job_id"])
+        await self.ot.delete((await self.load(request)).id)
         return Response(status_code=204)
 
     async def list_jobs(self, request: Request) -> Response:
@@ -179,6 +187,7 @@ class Edge:
             raise HTTPProblem(400, f"status must be one of {choices}", type="bad_request") from None
         page = await self.ot.list_jobs(
             status=status,
+            owner=self.owner(request),
             name=request.query_params.get("name"),
             limit=int_param(request, "limit", 50, 1, MAX_LIST_LIMIT),
             cursor=request.query_params.get("cursor"),
@@ -186,10 +195,10 @@ class Edge:
         return JSONResponse({"jobs": [job_json(base_of(request), job) for job in page.jobs], "next": page.next})
 
     async def events(self, request: Request) -> Response:
-        return await streams.job_events(self.ot, request)
+        return await streams.job_events(self.ot, request, await self.load(request))
 
     async def status_events(self, request: Request) -> Response:
-        return await streams.status_events(self.ot, request)
+        return await streams.status_events(self.ot, request, self.owner(request))
 
     async def websocket(self, websocket: WebSocket) -> None:
         from outlast.ws import websocket_endpoint  # ws builds on this module's job_json
@@ -213,6 +222,7 @@ class Edge:
         return JSONResponse({"status": "ok"})
 
     async def metrics(self, request: Request) -> Response:
+        self.owner(request)
         metrics = self.ot.metrics
         return Response(metrics.render(), media_type=metrics.content_type)
 

@@ -94,7 +94,9 @@ async def _serve(
     # The protocol's routes hang off the app's root, wherever this route is.
     base = str(request.scope.get("app_root_path", request.scope.get("root_path", ""))) + ot.mount_path
     prefer = request.headers.getlist("prefer")
-    return await serve_route(ot, definition, raw, prefer, idempotency_key(request), base, as_response=as_response)
+    owner = ot.keys.owner(request.headers)
+    key = idempotency_key(request)
+    return await serve_route(ot, definition, raw, prefer, key, base, owner=owner, as_response=as_response)
 
 
 async def serve_route(
@@ -105,11 +107,12 @@ async def serve_route(
     key: str | None,
     base: str,
     *,
+    owner: str | None = None,
     as_response: bool,
 ) -> Any:
     """Run a long-running route's job: its result when fast, else the 303 chain (or 202)."""
     prefs = parse_prefer(prefer)
-    job, _ = await ot.submit(definition.name, raw, idempotency_key=key)
+    job, _ = await ot.submit(definition.name, raw, idempotency_key=key, owner=owner)
     wait_s = prefs.wait_s if prefs.wait_s is not None else (0.0 if prefs.respond_async else math.inf)
     job = await hold(ot, job, wait_s)
     if not job.is_terminal:

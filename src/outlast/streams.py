@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from outlast.jobs import TERMINAL, Event, JobStatus
+from outlast.jobs import TERMINAL, Event, Job, JobStatus
 from outlast.links import with_links
 from outlast.problems import HTTPProblem
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 HEARTBEAT_S = 15.0
 RETRY_MS = 2000
 PAGE = 500
+OWNER_CACHE = 10_000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
 
@@ -109,9 +110,8 @@ def sse_cursor(request: Request) -> int:
     return int(raw)
 
 
-async def job_events(ot: Outlast, request: Request) -> Response:
+async def job_events(ot: Outlast, request: Request, job: Job) -> Response:
     """`GET /jobs/{id}/events` (PROTOCOL.md, "Events")."""
-    job = await ot.get(request.path_params["job_id"])
     after = sse_cursor(request)
     if job.is_terminal and after >= job.last_seq:
         return Response(status_code=204)  # stops a browser's EventSource from reconnecting
@@ -126,9 +126,23 @@ async def job_events(ot: Outlast, request: Request) -> Response:
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def status_events(ot: Outlast, request: Request) -> Response:
-    """`GET /events`: every job's status changes, live only (a dashboard's job list)."""
+async def status_events(ot: Outlast, request: Request, owner: str | None) -> Response:
+    """`GET /events`: every job's status changes, live only (a dashboard's job list).
+
+    With auth on, only the jobs of the caller's key.
+    """
     base = str(request.scope.get("root_path", ""))
+    owners: dict[str, str | None] = {}
+
+    async def visible(job_id: str) -> bool:
+        if owner is None:
+            return True
+        if job_id not in owners:
+            if len(owners) > OWNER_CACHE:
+                owners.clear()
+            job = await ot.store.get(job_id)
+            owners[job_id] = None if job is None else job.owner
+        return owners[job_id] == owner
 
     async def stream() -> AsyncIterator[str]:
         with ot.store.hub.listen_status() as listener:  # listening before the client hears anything
@@ -142,7 +156,8 @@ async def status_events(ot: Outlast, request: Request) -> Response:
                 if listener.lagged:
                     yield "event: lagged\ndata: {}\n\n"  # some were dropped: reload the list
                 for event in listener.drain():
-                    yield sse_message(Event(event.job_id, None, "status", _summary(event.data)), base)
+                    if await visible(event.job_id):
+                        yield sse_message(Event(event.job_id, None, "status", _summary(event.data)), base)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
 

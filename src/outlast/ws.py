@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from outlast.exceptions import OutlastError, UnknownJobName
 from outlast.links import job_json, with_links
-from outlast.problems import from_exception
+from outlast.problems import HTTPProblem, from_exception
 from outlast.streams import follow
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ MAX_SUBSCRIPTIONS = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_TOO_SLOW = 1013
 CLOSE_RESTARTING = 1012
+CLOSE_POLICY = 1008
 NAMED_ACTIONS = frozenset({"submit", "subscribe", "unsubscribe", "cancel"})
 
 
@@ -53,8 +54,9 @@ class TooSlow(Exception):
 class Connection:
     """One client's WebSocket and the jobs it follows."""
 
-    def __init__(self, ot: Outlast, websocket: WebSocket) -> None:
+    def __init__(self, ot: Outlast, websocket: WebSocket, owner: str | None = None) -> None:
         self.ot = ot
+        self.owner = owner
         self.websocket = websocket
         self.subscriptions: dict[str, asyncio.Task[None]] = {}
         self._send_lock = asyncio.Lock()
@@ -136,7 +138,7 @@ class Connection:
             raise MessageError(404, "Unknown action", f"no action or job is named {name!r}") from None
         if not definition.public:
             raise MessageError(404, "Unknown action", f"no action or job is named {name!r}")
-        job, _ = await self.ot.submit(name, input)
+        job, _ = await self.ot.submit(name, input, owner=self.owner)
         await self.send({"type": "accepted", "ref": ref, "job": job_json(_base(self.websocket), job)})
         self.subscribe(job.id, 0)
 
@@ -146,7 +148,7 @@ class Connection:
             raise MessageError(400, "No job id", 'subscribe needs an "id"')
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise MessageError(400, "Bad cursor", '"after" must be an event number, 0 or more')
-        await self.ot.get(job_id)  # 404 for an unknown job
+        await self.ot.get(job_id, owner=self.owner)  # 404 for an unknown job, or another key's
         self.subscribe(job_id, after)
 
     async def on_unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
@@ -158,6 +160,7 @@ class Connection:
         job_id = message.get("id")
         if not isinstance(job_id, str):
             raise MessageError(400, "No job id", 'cancel needs an "id"')
+        await self.ot.get(job_id, owner=self.owner)
         await self.ot.cancel(job_id)  # subscribers see the outcome as a status event
 
     # -- server -> client --------------------------------------------------------------
@@ -230,4 +233,9 @@ def _base(websocket: WebSocket) -> str:
 
 
 async def websocket_endpoint(ot: Outlast, websocket: WebSocket) -> None:
-    await Connection(ot, websocket).serve()
+    try:
+        owner = ot.keys.owner(websocket.headers)
+    except HTTPProblem:
+        await websocket.close(CLOSE_POLICY)  # before accepting: the client sees 403
+        return
+    await Connection(ot, websocket, owner).serve()
