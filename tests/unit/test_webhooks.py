@@ -12,6 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from outlast import Outlast
 from outlast.deliveries import Delivery
+from outlast.jobs import Job
 from outlast.webhooks import Dispatcher, new_secret, sign
 
 HOSTILE = [
@@ -132,3 +133,21 @@ async def test_deliveries_go_to_the_checked_address_with_the_urls_host():
     assert request.extensions["sni_hostname"] == "hooks.example.com"
     assert Webhook(secret).verify(request.content, dict(request.headers)) == {"id": "j_x"}
     assert delivery.state == "delivered"
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+async def test_private_and_odd_urls_are_refused_at_delivery_too(url: str):
+    """A URL stored before the rules changed (or by a bypass) is still never called."""
+    ot = Outlast(store="memory://", workers=0)
+    async with ot.lifespan():
+        job = Job.new("x", {}, max_attempts=1, retention_s=60, webhook_url=url, webhook_events=("completed",))
+        job, _ = await ot.store.create(job)
+        await ot.store.request_cancel(job.id)  # a terminal event: a delivery is due
+        sent: list[httpx.Request] = []
+        dispatcher = Dispatcher(ot.store, new_secret())
+        dispatcher._client = httpx.AsyncClient(transport=recording(sent, 200))
+        [delivery] = await ot.store.claim_deliveries(60, 10)
+        await dispatcher.deliver(delivery)
+        await dispatcher._client.aclose()
+    assert sent == []
+    assert delivery.state == "pending" and delivery.last_error
