@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -134,7 +135,13 @@ class AsyncClient:
         response = await self._request(method, url, deadline=deadline, **kwargs)
         for _ in range(MAX_REDIRECTS):
             if response.status_code == 303:
-                response = await self._request("GET", response.headers["location"], deadline=deadline)
+                location = response.headers["location"]
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise JobTimeout(_job_id_in(location), None, timeout)
+                # Each hop is held by the server; never longer than what is left of ours.
+                headers = {} if remaining is None else {"Prefer": f"wait={max(0.0, remaining):.3f}"}
+                response = await self._request("GET", location, deadline=deadline, headers=headers)
             elif response.status_code == 202 and "location" in response.headers:
                 handle = AsyncJobHandle(self, response.json())
                 await handle.wait(timeout=deadline.remaining())
@@ -150,6 +157,7 @@ class AsyncClient:
         failures = 0
         waited_s = 0.0
         while True:
+            response: httpx.Response | None = None
             try:
                 response = await self._http.request(method, url, **kwargs)
                 if response.status_code not in RETRYABLE_STATUS:
@@ -157,7 +165,8 @@ class AsyncClient:
                 reason = f"{response.status_code} from the server"
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            delay = backoff_s(failures)
+            hinted = None if response is None else _retry_after(response)
+            delay = hinted if hinted is not None else backoff_s(failures)
             failures += 1
             remaining = deadline.remaining()
             if remaining is not None and remaining <= delay:
@@ -233,6 +242,7 @@ class AsyncJobHandle:
         """The job's events after `after`, then live ones, until it ends (SSE, resumed if dropped)."""
         cursor = after
         failures = 0
+        failing_since: float | None = None
         while True:
             try:
                 async with contextlib.aclosing(self.client._sse(self.id, cursor, Deadline(None))) as stream:
@@ -248,7 +258,12 @@ class AsyncJobHandle:
                     self.job = job
                     return
             except (httpx.TransportError, ServerUnavailable):
-                pass
+                failing_since = failing_since or time.monotonic()
+                patience = self.client.patience_s
+                if patience is not None and time.monotonic() - failing_since > patience:
+                    raise ServerUnavailable(f"the server did not answer for job {self.id}") from None
+            else:
+                failing_since = None
             await asyncio.sleep(backoff_s(failures))
             failures += 1
 
@@ -267,3 +282,13 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     if isinstance(body, dict) and "status" in body:
         return body
     return {"type": "about:blank", "title": response.reason_phrase, "status": response.status_code, "detail": ""}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after", "")
+    return min(float(raw), 60.0) if raw.isdigit() else None
+
+
+def _job_id_in(location: str) -> str | None:
+    parts = location.split("/jobs/", 1)
+    return parts[1].split("/", 1)[0] if len(parts) == 2 else None

@@ -91,7 +91,7 @@ class Display:
         self.progress.update(self.task, **fields)
 
 
-def follow(handle: JobHandle, *, timeout: float | None, mode: str, quiet: bool) -> NoReturn:
+def follow(handle: JobHandle, url: str, *, timeout: float | None, mode: str, quiet: bool) -> NoReturn:
     """Wait for the job with a live display; print the result; exit with its code."""
     try:
         if quiet:
@@ -106,10 +106,10 @@ def follow(handle: JobHandle, *, timeout: float | None, mode: str, quiet: bool) 
         _problem(exc)
         sys.exit(EXIT_CANCELED)
     except JobTimeout as exc:
-        click.echo(f"outlast: {exc}; it goes on: outlast watch URL {handle.id}", err=True)
+        click.echo(f"outlast: {exc}; it goes on: outlast watch {url} {handle.id}", err=True)
         sys.exit(EXIT_TIMEOUT)
     except KeyboardInterrupt:
-        interrupted(handle)
+        interrupted(handle, url)
     except ClientError as exc:
         click.echo(f"outlast: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -117,7 +117,7 @@ def follow(handle: JobHandle, *, timeout: float | None, mode: str, quiet: bool) 
     sys.exit(EXIT_OK)
 
 
-def interrupted(handle: JobHandle) -> NoReturn:
+def interrupted(handle: JobHandle, url: str) -> NoReturn:
     """Ctrl-C: cancel the job or leave it running (without a terminal: leave it)."""
     choice = "d"
     if sys.stdin.isatty() and sys.stderr.isatty():
@@ -131,8 +131,8 @@ def interrupted(handle: JobHandle) -> NoReturn:
         job = handle.cancel()
         click.echo(f"outlast: job {handle.id}: {job['status']}", err=True)
         sys.exit(EXIT_CANCELED)
-    click.echo(json.dumps({"id": handle.id, "status": handle.status}))
-    click.echo(f"outlast: detached; follow it with: outlast watch URL {handle.id}", err=True)
+    click.echo(json.dumps({"id": handle.id}))
+    click.echo(f"outlast: detached; follow it with: outlast watch {url} {handle.id}", err=True)
     sys.exit(EXIT_OK)
 
 
@@ -185,7 +185,7 @@ def run(
         if detach:
             click.echo(json.dumps(handle.job, indent=2, ensure_ascii=False))
             sys.exit(EXIT_OK)
-        follow(handle, timeout=timeout, mode=mode, quiet=quiet)
+        follow(handle, url, timeout=timeout, mode=mode, quiet=quiet)
 
 
 @click.command()
@@ -203,7 +203,7 @@ def watch(url: str, job_id: str, mode: str, timeout: float | None, quiet: bool, 
         except ProblemError as exc:
             _problem(exc)
             sys.exit(EXIT_USAGE)
-        follow(handle, timeout=timeout, mode=mode, quiet=quiet)
+        follow(handle, url, timeout=timeout, mode=mode, quiet=quiet)
 
 
 @click.command()
