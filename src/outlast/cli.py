@@ -172,7 +172,10 @@ def worker(target: str, **flags: Any) -> None:
     if ot.settings.workers < 1:
         raise click.UsageError("--workers must be at least 1 for a worker")
     click.echo(f"outlast worker: store {ot.settings.store}, {ot.settings.workers} at once", err=True)
-    asyncio.run(_work(ot))
+    try:
+        asyncio.run(_work(ot))
+    except OutlastError as exc:  # e.g. a store that can't be reached
+        raise click.ClickException(exc.message) from exc
 
 
 async def _work(ot: Outlast) -> None:

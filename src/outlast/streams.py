@@ -69,6 +69,8 @@ async def follow(
             while True:  # live
                 if not await listener.wait(heartbeat_s):
                     yield None
+                    if await store.get(job_id) is None:
+                        return  # the job is gone (deleted, or lost with its store): nothing more will come
                     break  # idle: look in the store too, in case a relayed event was lost
                 if store.hub.closing.is_set():
                     return  # shutting down: the client resumes elsewhere from its cursor

@@ -37,7 +37,11 @@ from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor,
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, WatchError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover - the extra is not installed
     aioredis = None  # type: ignore[assignment]
 
@@ -46,6 +50,8 @@ logger = logging.getLogger("outlast.store")
 DEFAULT_NAMESPACE = "default"
 TTL_GRACE_S = 3600  # keys outlive `expires_at` by this much, so purge finds them first
 PROMOTE_BATCH = 100
+SOCKET_TIMEOUT_S = 5.0
+HEALTH_CHECK_S = 15.0
 
 # KEYS[1] delayed, KEYS[2] leases; ARGV: now, lease_until, queue key prefix, names...
 # Moves due retries back to their queues, then pops the first job of the first
@@ -139,7 +145,16 @@ class RedisStore:
         self.keys = Keys(namespace)
         self._origin = secrets.token_hex(8)
         # Any: redis-py types each reply as a union that ignores decode_responses.
-        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True)
+        self._redis: Any = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=HEALTH_CHECK_S,
+            # A pooled connection left over from before a Redis restart fails once: retry it.
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         self._claim = self._redis.register_script(CLAIM)
         self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
