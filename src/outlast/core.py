@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
 from outlast.auth import ApiKeys
 from outlast.deliveries import DEFAULT_EVENTS
-from outlast.exceptions import ConfigError, JobNotFound, UnknownJobName
+from outlast.exceptions import ConfigError, JobNotFound, QueueFull, RateLimited, UnknownJobName
 from outlast.jobs import Job, JobStatus
+from outlast.limits import SubmitRate
 from outlast.metrics import Metrics
 from outlast.positions import PositionTracker
 from outlast.registry import JobDefinition
@@ -52,6 +53,7 @@ class Outlast:
         # Where the protocol's routes are, relative to the app's root.
         self.mount_path = ""
         self.keys = ApiKeys(self.settings.api_keys)
+        self._rate: SubmitRate | None = None
         self._app_built = False
         self.metrics = Metrics()
         self._store: JobStore | None = None
@@ -233,6 +235,9 @@ class Outlast:
         """
         definition = self.definition(name)
         validated = definition.validate(dict(input or {}))
+        limit = self.settings.max_queue
+        if limit is not None and idempotency_key is None and await self.store.queue_length(name) >= limit:
+            raise QueueFull(f"{limit} jobs named {name!r} are queued already; try again later", retry_after_s=5)
         if webhook is not None:
             await resolve_allowed(webhook, parse_networks(self.settings.webhook_allow), self.webhook_resolver)
         job = Job.new(
@@ -250,6 +255,13 @@ class Outlast:
         if created:
             self.metrics.submitted.labels(name).inc()
         return stored, created
+
+    def check_rate(self, who: str) -> None:
+        """`RateLimited` when `who` (an API key's owner, or a client address) submits too fast."""
+        if self._rate is None or self._rate.rate != self.settings.submit_rate:
+            self._rate = None if self.settings.submit_rate is None else SubmitRate(self.settings.submit_rate)
+        if self._rate is not None and (wait_s := self._rate.take(who)) is not None:
+            raise RateLimited(f"at most {self._rate.rate:g} submits a second; slow down", retry_after_s=wait_s)
 
     async def get(self, job_id: str, *, owner: str | None = None) -> Job:
         """The job; `JobNotFound` if there is none, or (with `owner`) if it is someone else's."""

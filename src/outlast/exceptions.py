@@ -10,6 +10,7 @@
     ├── InvalidTransition        a status change the lifecycle does not allow
     ├── JobNotFinished           an operation that needs a terminal job
     ├── QueueFull                the queue cannot take another job now
+    ├── RateLimited              the caller submits faster than allowed
     └── JobError                 raised by a job's code to fail with a chosen problem
         ├── RetryableError       ... or to be tried again, with backoff
         └── Cancelled            the job stops because cancellation was asked for
@@ -71,6 +72,14 @@ class JobNotFinished(OutlastError):
 
 class QueueFull(OutlastError):
     """The queue cannot take another job now."""
+
+    def __init__(self, message: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(OutlastError):
+    """Too many submits: slow down."""
 
     def __init__(self, message: str | None = None, retry_after_s: float = 1.0) -> None:
         super().__init__(message)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -21,6 +22,7 @@ from starlette.websockets import WebSocket
 from outlast import streams
 from outlast.exceptions import ConfigError, UnknownJobName
 from outlast.jobs import Job, JobStatus
+from outlast.limits import ConnectionLimit
 from outlast.links import job_json, job_url
 from outlast.prefer import idempotency_key, int_param, json_object, preferences
 from outlast.problems import HTTPProblem, from_exception, problem
@@ -54,6 +56,11 @@ def retry_after(job: Job) -> str:
 
 def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def caller(request: Request | WebSocket, owner: str | None) -> str:
+    """Who submits, for rate limits: the API key's owner, else the client's address."""
+    return owner or (request.client.host if request.client else "unknown")
 
 
 def base_of(request: Request) -> str:
@@ -129,6 +136,7 @@ class Edge:
     async def submit(self, request: Request) -> Response:
         name = request.path_params["name"]
         owner = self.owner(request)
+        self.ot.check_rate(caller(request, owner))
         if not self.ot.definition(name).public:  # 404 for an unknown name, before reading the body
             raise UnknownJobName(f"no job is named {name!r}")
         key = idempotency_key(request)
@@ -260,6 +268,7 @@ def build_app(
     if fallback is not None:
         routes.append(Mount("/", app=fallback))
     app = Starlette(
+        middleware=[Middleware(ConnectionLimit, limit=ot.settings.max_connections)],
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _server_error},

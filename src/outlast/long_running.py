@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.requests import Request
 from starlette.routing import Route
 
-from outlast.http import accepted, hold, see_other, terminal_result
+from outlast.http import accepted, caller, hold, see_other, terminal_result
 from outlast.jobs import JobStatus
 from outlast.prefer import idempotency_key, parse_prefer
 from outlast.problems import from_exception, problem
@@ -95,6 +95,7 @@ async def _serve(
     base = str(request.scope.get("app_root_path", request.scope.get("root_path", ""))) + ot.mount_path
     prefer = request.headers.getlist("prefer")
     owner = ot.keys.owner(request.headers)
+    ot.check_rate(caller(request, owner))
     key = idempotency_key(request)
     return await serve_route(ot, definition, raw, prefer, key, base, owner=owner, as_response=as_response)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from outlast.exceptions import (
     JobNotFound,
     OutlastError,
     QueueFull,
+    RateLimited,
     UnknownJobName,
 )
 
@@ -32,6 +34,7 @@ PROBLEMS: list[tuple[type[OutlastError], int, str, str]] = [
     (IdempotencyConflict, 422, "idempotency_conflict", "Idempotency-Key reused with another input"),
     (JobNotFinished, 409, "not_finished", "The job has not finished"),
     (QueueFull, 503, "queue_full", "The queue is full"),
+    (RateLimited, 429, "rate_limited", "Too many submits"),
     (InvalidRequest, 400, "bad_request", "Bad request"),
     (ConfigError, 500, "server_error", "Server misconfigured"),
 ]
@@ -100,7 +103,8 @@ def from_exception(exc: Exception) -> ProblemResponse:
                 if status >= 500:
                     logger.error("%s", exc.message)
                 errors = exc.errors if isinstance(exc, InvalidInput) else None
-                headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, QueueFull) else None
+                retry = exc.retry_after_s if isinstance(exc, (QueueFull, RateLimited)) else None
+                headers = None if retry is None else {"Retry-After": str(max(1, math.ceil(retry)))}
                 return problem(status, exc.message, type=type, title=title, errors=errors, headers=headers)
     logger.exception("unexpected error while serving a request", exc_info=exc)
     return problem(500, "the server could not handle this request", type="server_error")

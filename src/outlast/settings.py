@@ -34,6 +34,13 @@ class Settings(BaseModel):
     workers: Annotated[int, Field(ge=0)] = Field(8, description="jobs the embedded workers run at once; 0 = none")
     lease: Annotated[float, Field(gt=0)] = Field(30.0, description="how long a worker holds a job between heartbeats")
     max_attempts: Annotated[int, Field(ge=1)] = Field(3, description="attempts before a job fails for good")
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="open HTTP requests and WebSockets per process; 503 beyond"
+    )
+    max_queue: Annotated[int, Field(ge=1)] | None = Field(None, description="queued jobs per name; 503 beyond")
+    submit_rate: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="submits per second per API key (or client address); 429 beyond"
+    )
     webhook_secret: str | None = None
     webhook_allow: tuple[str, ...] = ()
     webhook_backoff: tuple[Annotated[float, Field(ge=0)], ...] = Field(

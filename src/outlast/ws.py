@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from outlast.exceptions import OutlastError, UnknownJobName
+from outlast.http import caller
 from outlast.links import job_json, with_links
 from outlast.problems import HTTPProblem, from_exception
 from outlast.streams import follow
@@ -138,6 +139,7 @@ class Connection:
             raise MessageError(404, "Unknown action", f"no action or job is named {name!r}") from None
         if not definition.public:
             raise MessageError(404, "Unknown action", f"no action or job is named {name!r}")
+        self.ot.check_rate(caller(self.websocket, self.owner))
         job, _ = await self.ot.submit(name, input, owner=self.owner)
         await self.send({"type": "accepted", "ref": ref, "job": job_json(_base(self.websocket), job)})
         self.subscribe(job.id, 0)

@@ -354,3 +354,12 @@ async def test_a_lapsed_delivery_lease_makes_it_due_again(store: JobStore):
 async def test_settings_keep_the_first_value(store: JobStore):
     assert await store.setting("secret", "a") == "a"
     assert await store.setting("secret", "b") == "a"
+
+
+async def test_queue_length_counts_queued_jobs_of_a_name(store: JobStore):
+    for _ in range(3):
+        await store.create(new_job())
+    await store.create(new_job(name="other"))
+    await store.claim("w", ["report"], 30)
+    assert await store.queue_length("report") == 2
+    assert await store.queue_length("nothing") == 0

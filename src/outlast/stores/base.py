@@ -76,6 +76,9 @@ class JobStore(Protocol):
         Raises `JobNotFinished` for a job that is not terminal.
         """
 
+    async def queue_length(self, name: str) -> int:
+        """How many jobs of `name` are queued."""
+
     async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
         """Where these jobs stand in the queue of `name` (0 = next); jobs not queued are left out."""
 

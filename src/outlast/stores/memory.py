@@ -119,6 +119,9 @@ class MemoryStore:
         for delivery_id in [d.id for d in self._deliveries.values() if d.job_id == job.id]:
             del self._deliveries[delivery_id]
 
+    async def queue_length(self, name: str) -> int:
+        return sum(1 for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.name == name)
+
     async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
         queue = sorted(
             (j for j in self._jobs.values() if j.status is JobStatus.QUEUED and j.name == name),

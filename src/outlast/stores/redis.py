@@ -373,6 +373,9 @@ class RedisStore:
                     pipe.delete(keys.idempotency(job.owner, job.idempotency_key))
             await pipe.execute()
 
+    async def queue_length(self, name: str) -> int:
+        return int(await self._redis.zcard(self.keys.queue(name)))
+
     async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
         ids = list(job_ids)
         if not ids:

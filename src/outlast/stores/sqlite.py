@@ -226,6 +226,14 @@ class SQLiteStore:
         conn.executemany("DELETE FROM deliveries WHERE job_id = ?", [(i,) for i in job_ids])
         conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
 
+    async def queue_length(self, name: str) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND name = ?", (name,)).fetchone()[0]
+            )
+
+        return await self._reader.run(count)
+
     async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
         ids = list(job_ids)
         if not ids:
