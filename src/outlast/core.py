@@ -226,6 +226,7 @@ class Outlast:
         owner: str | None = None,
         webhook: str | None = None,
         webhook_events: tuple[str, ...] = DEFAULT_EVENTS,
+        strict_json: bool = False,
     ) -> tuple[Job, bool]:
         """Validate `input` and queue a job; returns it and whether it is new.
 
@@ -234,7 +235,7 @@ class Outlast:
         too), or `IdempotencyConflict`.
         """
         definition = self.definition(name)
-        validated = definition.validate(dict(input or {}))
+        validated = definition.validate(dict(input or {}), strict_json=strict_json)
         limit = self.settings.max_queue
         if limit is not None and idempotency_key is None and await self.store.queue_length(name) >= limit:
             raise QueueFull(f"{limit} jobs named {name!r} are queued already; try again later", retry_after_s=5)

@@ -110,9 +110,8 @@ class Edge:
         e = answers_problems
         return [
             Route("/jobs", e(self.list_jobs), methods=["GET"]),
-            Route("/jobs/{name}", e(self.submit), methods=["POST"]),
-            Route("/jobs/{job_id}", e(self.status), methods=["GET"]),
-            Route("/jobs/{job_id}", e(self.delete), methods=["DELETE"]),
+            # One route for the three methods of /jobs/{x}, so a 405 lists all of them in Allow.
+            Route("/jobs/{key}", e(self.job), methods=["GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]),
             Route("/jobs/{job_id}/result", e(self.result), methods=["GET"]),
             Route("/jobs/{job_id}/cancel", e(self.cancel), methods=["POST"]),
             Route("/jobs/{job_id}/events", e(self.events), methods=["GET"]),
@@ -121,11 +120,26 @@ class Edge:
             Route("/artifacts/{job_id}/{name}", e(self.artifact), methods=["GET"]),
             Route("/healthz", e(self.healthz), methods=["GET"]),
             Route("/metrics", e(self.metrics), methods=["GET"]),
+            Route("/openapi.json", e(self.openapi), methods=["GET"]),
         ]
 
     def owner(self, request: Request) -> str | None:
         """Who asks (401/403 problems when auth is on and the key is missing or unknown)."""
         return self.ot.keys.owner(request.headers)
+
+    async def job(self, request: Request) -> Response:
+        """`POST /jobs/{name}`, `GET /jobs/{id}`, `DELETE /jobs/{id}`."""
+        key = request.path_params["key"]
+        request.scope["path_params"].update(name=key, job_id=key)
+        if request.method == "POST":
+            return await self.submit(request)  # 404 for a name that is no job's
+        definition = self.ot.registry.get(key)
+        allowed = ("POST",) if definition is not None and definition.public else ("GET", "HEAD", "DELETE")
+        if request.method not in allowed:
+            raise HTTPProblem(405, f"{request.method} is not allowed here", headers={"Allow": ", ".join(allowed)})
+        if request.method == "DELETE":
+            return await self.delete(request)
+        return await self.status(request)
 
     async def load(self, request: Request) -> Job:
         """The job in the path, if the caller may see it (404 otherwise, as if it did not exist)."""
@@ -145,7 +159,7 @@ class Edge:
         webhook = request.headers.get("outlast-webhook")
         events = parse_events(request.headers.get("outlast-webhook-events"))
         job, _ = await self.ot.submit(
-            name, body, idempotency_key=key, owner=owner, webhook=webhook, webhook_events=events
+            name, body, idempotency_key=key, owner=owner, webhook=webhook, webhook_events=events, strict_json=True
         )
         if prefs.wait_s is not None:
             wait_s = prefs.wait_s
@@ -198,7 +212,7 @@ class Edge:
             owner=self.owner(request),
             name=request.query_params.get("name"),
             limit=int_param(request, "limit", 50, 1, MAX_LIST_LIMIT),
-            cursor=request.query_params.get("cursor"),
+            cursor=request.query_params.get("cursor") or None,
         )
         return JSONResponse({"jobs": [job_json(base_of(request), job) for job in page.jobs], "next": page.next})
 
@@ -228,6 +242,11 @@ class Edge:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        from outlast.openapi import document
+
+        return JSONResponse(document(self.ot))
 
     async def metrics(self, request: Request) -> Response:
         self.owner(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import re
 import typing
 from collections.abc import Callable
@@ -53,10 +54,18 @@ class JobDefinition:
             **options,
         )
 
-    def validate(self, raw: Any) -> dict[str, Any]:
-        """The input as stored: validated, defaults filled in, JSON-ready."""
+    def validate(self, raw: Any, *, strict_json: bool = False) -> dict[str, Any]:
+        """The input as stored: validated, defaults filled in, JSON-ready.
+
+        With `strict_json`, as JSON types are read strictly (`false` is no
+        integer, `"3"` no number; dates still come as ISO strings): for bodies.
+        Without, as Python calls and query strings are (`"3"` is 3).
+        """
         try:
-            model = self.input_model.model_validate(raw)
+            if strict_json:
+                model = self.input_model.model_validate_json(json.dumps(raw), strict=True)
+            else:
+                model = self.input_model.model_validate(raw)
         except ValidationError as exc:
             raise InvalidInput(f"the input does not fit the parameters of {self.name!r}", _field_errors(exc)) from None
         dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True)

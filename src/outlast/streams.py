@@ -106,10 +106,11 @@ def sse_message(event: Event, base: str | None = None) -> str:
 
 def sse_cursor(request: Request) -> int:
     """`Last-Event-ID` (what a reconnecting EventSource sends), else `?after=`, else 0."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    if not raw.isdigit() or len(raw) > 18:
-        raise HTTPProblem(400, "the cursor (Last-Event-ID or after) must be an event number", type="bad_request")
-    return int(raw)
+    header, query = request.headers.get("last-event-id"), request.query_params.get("after")
+    for raw in (header, query):
+        if raw and (not raw.isdigit() or len(raw) > 17):
+            raise HTTPProblem(400, "the cursor (Last-Event-ID or after) must be an event number", type="bad_request")
+    return int(header or query or 0)
 
 
 async def job_events(ot: Outlast, request: Request, job: Job) -> Response:

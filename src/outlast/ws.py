@@ -140,7 +140,7 @@ class Connection:
         if not definition.public:
             raise MessageError(404, "Unknown action", f"no action or job is named {name!r}")
         self.ot.check_rate(caller(self.websocket, self.owner))
-        job, _ = await self.ot.submit(name, input, owner=self.owner)
+        job, _ = await self.ot.submit(name, input, owner=self.owner, strict_json=True)
         await self.send({"type": "accepted", "ref": ref, "job": job_json(_base(self.websocket), job)})
         self.subscribe(job.id, 0)
 
