@@ -183,9 +183,8 @@ async def main() -> None:
     print(f"| store | minutes | accepted | ended | {' | '.join(sorted(by_status))} | submit p50 ms | submit p99 ms |")
     print("|---" * (6 + len(by_status)) + "|")
     counts = " | ".join(str(by_status[k]) for k in sorted(by_status))
-    print(
-        f"| {args.store} | {args.minutes:g} | {len(accepted)} | {ended} | {counts} | {quantiles[49] * 1000:.0f} | {quantiles[98] * 1000:.0f} |"
-    )
+    p50, p99 = quantiles[49] * 1000, quantiles[98] * 1000
+    print(f"| {args.store} | {args.minutes:g} | {len(accepted)} | {ended} | {counts} | {p50:.0f} | {p99:.0f} |")
     print("\nkills: " + "; ".join(kills))
     print("\nmemory (MB) over time:")
     for at, memory in samples:
