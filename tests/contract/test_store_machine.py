@@ -68,6 +68,7 @@ LEASE_S = 250.0  # lapses after three waits
 RETRY_DELAY_S = 50.0  # a retry due after one wait
 LEASES = st.sampled_from([LEASE_S, LEASE_S, 0.0])  # 0 s: the lease has lapsed already
 RETENTIONS = st.sampled_from([0.0, 150.0])  # purged at once, or after two waits
+MAX_LIVE_JOBS = 6
 FAILURE = ErrorInfo("boom", "it broke", 500)
 FLAKY = ErrorInfo("flaky", "try again", 503)
 RESULTS = ({"rows": 3}, [1, 2], 0, "", False)  # never None: a result exists iff the job succeeded
@@ -245,6 +246,7 @@ class StoreMachine(RuleBasedStateMachine):
         for job in jobs:
             self.submit_one(*job)
 
+    @precondition(lambda self: len(self.live()) < MAX_LIVE_JOBS)
     @rule(job=SUBMITS)
     def submit(self, job: Submit) -> None:
         self.submit_one(*job)
@@ -392,7 +394,7 @@ class StoreMachine(RuleBasedStateMachine):
         if value is not None:
             m.progress = value
 
-    @precondition(lambda self: self.jobs)
+    @precondition(lambda self: any(not m.status.is_terminal for m in self.live()))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         m = self.pick_job(data)
@@ -432,7 +434,7 @@ class StoreMachine(RuleBasedStateMachine):
         for m in expected:
             self.forget(m)
 
-    @precondition(lambda self: self.jobs)
+    @precondition(lambda self: self.live())
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
         m = self.pick_job(data)
