@@ -218,6 +218,20 @@ class StoreMachine(RuleBasedStateMachine):
     def stale(self) -> list[Lease]:
         return [lease for lease in self.issued if not self.valid(lease)]
 
+    def current(self) -> list[Lease]:
+        return [lease for lease in self.issued if self.valid(lease)]
+
+    def pick_lease(self, data: st.DataObject) -> Lease:
+        """Any token ever handed out, a current one more often."""
+        return data.draw(st.sampled_from(self.current() or self.issued) | st.sampled_from(self.issued), label="lease")
+
+    def lapsed(self, m: Model) -> bool:
+        """Whether the lease of `m` has run out (by the time `reclaim` looks)."""
+        return m.status is JobStatus.RUNNING and m.lease_until < self.now + TICK_S
+
+    def expired(self, m: Model) -> bool:
+        return m.status.is_terminal and m.expires <= self.now
+
     async def snapshot(self, m: Model) -> Snapshot:
         job = await self.store.get(m.id)
         return (None if job is None else job_record(job)), await self.store.events(m.id)
@@ -309,10 +323,10 @@ class StoreMachine(RuleBasedStateMachine):
         self.issued.append(lease)
         self.held.append(lease)
 
-    @precondition(lambda self: self.issued)
+    @precondition(lambda self: self.current())
     @rule(data=st.data(), lease_s=LEASES)
     def heartbeat(self, data: st.DataObject, lease_s: float) -> None:
-        lease = data.draw(st.sampled_from(self.issued), label="lease")
+        lease = self.pick_lease(data)
         m = self.model(lease.label)
         if not self.valid(lease):
             before = self.run(self.snapshot(m))
@@ -377,10 +391,10 @@ class StoreMachine(RuleBasedStateMachine):
         lease = data.draw(st.sampled_from(self.stale()), label="lease")
         self.stale_finish(lease, self.outcome(finish, result))
 
-    @precondition(lambda self: self.issued)
+    @precondition(lambda self: self.current())
     @rule(data=st.data(), logs=st.integers(0, 2), progress=st.none() | st.integers(0, 9))
     def record(self, data: st.DataObject, logs: int, progress: int | None) -> None:
-        lease = data.draw(st.sampled_from(self.issued), label="lease")
+        lease = self.pick_lease(data)
         m = self.model(lease.label)
         events = [("log", {"level": "info", "message": f"line {i}"}) for i in range(logs)]
         value = None if progress is None else {"current": progress}
@@ -408,11 +422,11 @@ class StoreMachine(RuleBasedStateMachine):
             m.cancel_requested = True
         assert got is not None and got.status is m.status
 
-    @precondition(lambda self: any(m.status is JobStatus.RUNNING for m in self.live()))
+    @precondition(lambda self: any(self.lapsed(m) for m in self.live()))
     @rule()
     def reclaim(self) -> None:
         CLOCK.offset += TICK_S  # past leases of 0 s
-        expired = [m for m in self.live() if m.status is JobStatus.RUNNING and m.lease_until < self.now]
+        expired = [m for m in self.live() if self.lapsed(m)]
         reclaimed = self.run(self.store.reclaim_expired())
         assert sorted(j.id for j in reclaimed) == sorted(m.id for m in expired)
         for job in reclaimed:
@@ -425,16 +439,16 @@ class StoreMachine(RuleBasedStateMachine):
                 self.end(m, JobStatus.FAILED, WORKER_LOST)
             assert (job.status, job.attempt) == (m.status, m.attempt)
 
-    @precondition(lambda self: any(m.status.is_terminal for m in self.live()))
+    @precondition(lambda self: any(self.expired(m) for m in self.live()))
     @rule()
     def purge(self) -> None:
-        expected = [m for m in self.live() if m.status.is_terminal and m.expires <= self.now]
+        expected = [m for m in self.live() if self.expired(m)]
         purged = self.run(self.store.purge_expired())
         assert sorted(purged) == sorted(m.id for m in expected)
         for m in expected:
             self.forget(m)
 
-    @precondition(lambda self: self.live())
+    @precondition(lambda self: any(m.status.is_terminal for m in self.live()))
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
         m = self.pick_job(data)
