@@ -50,6 +50,7 @@ logger = logging.getLogger("outlast.store")
 DEFAULT_NAMESPACE = "default"
 TTL_GRACE_S = 3600  # keys outlive `expires_at` by this much, so purge finds them first
 PROMOTE_BATCH = 100
+STALE_POPS = 16  # stale queue entries one claim skips before it gives up for this poll
 SOCKET_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 15.0
 
@@ -392,11 +393,6 @@ class RedisStore:
         ordered = list(names)
         turn = next(self._rotation) % len(ordered)
         ordered = ordered[turn:] + ordered[:turn]  # fair: each name goes first in turn
-        now = time.time()
-        args: list[str | float] = [now, now + lease_s, self.keys.queue_prefix, *ordered]
-        job_id = await self._claim(keys=[self.keys.delayed, self.keys.leases], args=args)
-        if not job_id:
-            return None
 
         def start(job: Job, change: _Change) -> bool:
             if job.status is not JobStatus.QUEUED:
@@ -405,11 +401,19 @@ class RedisStore:
             self._append(job, change, *job.status_event())
             return True
 
-        job, change = await self._change(job_id, start)
-        if job is None or job.status is not JobStatus.RUNNING or job.worker != worker or not change.events:
+        # A popped id can be stale: a job canceled while its retry waited in `delayed`, or
+        # purged since. It is dropped, and the next one is tried, so it never hides a due job.
+        for _ in range(STALE_POPS):
+            now = time.time()
+            args: list[str | float] = [now, now + lease_s, self.keys.queue_prefix, *ordered]
+            job_id = await self._claim(keys=[self.keys.delayed, self.keys.leases], args=args)
+            if not job_id:
+                return None
+            job, change = await self._change(job_id, start)
+            if job is not None and job.status is JobStatus.RUNNING and job.worker == worker and change.events:
+                return job
             await self._redis.zrem(self.keys.leases, job_id)
-            return None
-        return job
+        return None
 
     async def heartbeat(self, leases: Mapping[str, int], lease_s: float) -> HeartbeatResult:
         if not leases:
