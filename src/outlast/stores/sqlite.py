@@ -1,7 +1,8 @@
 """`sqlite:///path.db`: the embedded default, one file, safe for several processes on one host.
 
-Each write is one `BEGIN IMMEDIATE` transaction run whole on a thread of its own,
-so it is atomic against other coroutines and other processes alike; readers use
+Each write runs whole inside a `BEGIN IMMEDIATE` transaction on a thread of its
+own, so it is atomic against other coroutines and other processes alike; writes
+waiting together share one transaction and its COMMIT (group commit). Readers use
 a second connection and never wait for writers (WAL). Events written by other
 processes on the same file reach this process's hub by a cheap poll of the events
 table; events written here are published at once.
