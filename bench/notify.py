@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
@@ -295,13 +296,7 @@ async def bench(servers: dict[str, Server], args: argparse.Namespace) -> list[Ru
     return runs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--jobs", type=int, default=100)
-    parser.add_argument("--interval-ms", type=float, default=20)
-    parser.add_argument("--transports", default=",".join(TRANSPORTS), help="comma-separated: sse,ws,longpoll")
-    args = parser.parse_args()
+def _run(args: argparse.Namespace) -> tuple[list[Run], dict[str, list[str]]]:
     raise_nofile(args.clients * 2 + 1000)
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
@@ -315,6 +310,53 @@ def main() -> None:
         ):
             runs = asyncio.run(bench({"floor": floor, "outlast": outlast}, args))
             problems = {name: srv.problems() for name, srv in (("floor", floor), ("outlast", outlast))}
+    return runs, problems
+
+
+def _notes(runs: list[Run], problems: dict[str, list[str]]) -> list[str]:
+    said = [line for run in runs for line in notes(run)]
+    for name, lines in problems.items():
+        said += [f"{name} server log: {line}" for line in lines[:10]]
+        if len(lines) > 10:
+            said.append(f"{name} server log: ... {len(lines) - 10} more such lines")
+    return said
+
+
+def measure(
+    clients: int = 1000, jobs: int = 100, interval_ms: float = 20, transports: tuple[str, ...] = TRANSPORTS
+) -> dict[str, Any]:
+    """Every transport, both ways of ending, floor and outlast: JSON-able rows, and what went wrong."""
+    args = argparse.Namespace(clients=clients, jobs=jobs, interval_ms=interval_ms, transports=",".join(transports))
+    runs, problems = _run(args)
+    rows = []
+    for run in runs:
+        lat = run.latencies_ms
+        rows.append(
+            {
+                "transport": run.transport,
+                "ending": "all at once" if run.mode == "burst" else f"1 every {interval_ms:g} ms",
+                "server": run.server,
+                "clients": run.clients,
+                "received": len(lat),
+                "p50_ms": round(percentile(lat, 50), 2) if lat else None,
+                "p99_ms": round(percentile(lat, 99), 2) if lat else None,
+                "max_ms": round(lat[-1], 2) if lat else None,
+                "delivery_s": round(run.delivery_s, 3),
+                "client_cpu_s": round(run.client_cpu_s, 2),
+                "server_cpu_s": round(run.server_cpu_s, 2),
+            }
+        )
+    return {"rows": rows, "notes": _notes(runs, problems), "clients": clients, "jobs": jobs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--interval-ms", type=float, default=20)
+    parser.add_argument("--transports", default=",".join(TRANSPORTS), help="comma-separated: sse,ws,longpoll")
+    args = parser.parse_args()
+    runs, problems = _run(args)
     per_job = args.clients // args.jobs
     print(f"\n{args.clients} clients waiting on {args.jobs} jobs ({per_job} per job); {machine()}.\n")
     print(
@@ -323,11 +365,7 @@ def main() -> None:
     )
     for run in runs:
         print(row(run, args))
-    said = [line for run in runs for line in notes(run)]
-    for name, lines in problems.items():
-        said += [f"{name} server log: {line}" for line in lines[:10]]
-        if len(lines) > 10:
-            said.append(f"{name} server log: ... {len(lines) - 10} more such lines")
+    said = _notes(runs, problems)
     if said:
         print()
         for line in said:

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from bench._servers import PYTHON, Server, free_port, machine, server
 from outlast.stores.sqlite import POLL_INTERVAL_S
@@ -93,6 +94,24 @@ def query_pass(tmp: str, seconds: float) -> dict[str, Counter[str]]:
         delta.subtract(first[kind]["counts"])
         rates[kind] = Counter({sql: n / elapsed for sql, n in delta.items() if n > 0})
     return rates
+
+
+def measure(seconds: float = 20) -> list[dict[str, Any]]:
+    """CPU seconds per minute of an idle `serve` and `worker` on SQLite and on memory://, one row each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        used = cpu_pass(tmp, seconds)
+    rows = []
+    for kind in COMMANDS:
+        sqlite, memory = (used[kind, store] / seconds * 60 for store in ("sqlite", "memory"))
+        rows.append(
+            {
+                "process": kind,
+                "cpu_s_per_min_sqlite": round(sqlite, 2),
+                "cpu_s_per_min_memory": round(memory, 2),
+                "core_percent_sqlite": round(sqlite / 60 * 100, 2),
+            }
+        )
+    return rows
 
 
 def main() -> None:

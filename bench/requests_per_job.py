@@ -7,7 +7,7 @@ HTTP requests and WebSocket connections on the server's side) with a 2 s hold
 (`--gateway-timeout 3 --margin 1`) on a fresh SQLite file, then runs the
 `sleep` job (`--seconds`, one progress step a second) `--jobs` times, one after
 the other, through `AsyncClient.run` in each mode (sse, ws, long-poll, poll),
-and through naive polling: submit with `Prefer: respond-async`, then
+through the 303 chain as `curl -L` follows it, and through naive polling: submit with `Prefer: respond-async`, then
 `GET /jobs/{id}` and sleep 1 s until the job has ended. Prints a Markdown
 table: what reached the server per job, and how long the result took.
 """
@@ -97,6 +97,15 @@ async def naive_polling(url: str, job: dict[str, Any]) -> Any:
             await asyncio.sleep(1)
 
 
+async def redirect_chain(url: str, job: dict[str, Any]) -> Any:
+    """What `curl -L` does with a job's `Location`: submit, then follow the 303 chain of its result."""
+    async with httpx.AsyncClient(base_url=url, timeout=30, follow_redirects=True, max_redirects=100) as http:
+        response = await http.post("/jobs/sleep", json=job, headers={"Prefer": "respond-async"})
+        result = await http.get(f"/jobs/{response.json()['id']}/result")
+        result.raise_for_status()
+        return result.json()
+
+
 def with_client(url: str, mode: Mode) -> Callable[[dict[str, Any]], Awaitable[Any]]:
     async def run(job: dict[str, Any]) -> Any:
         async with AsyncClient(url, mode=mode) as client:
@@ -129,6 +138,7 @@ async def measure(
 
 async def bench(url: str, jobs: int, seconds: float) -> dict[str, dict[str, float]]:
     figures = {"naive polling, every 1 s": await measure(url, lambda job: naive_polling(url, job), jobs, seconds)}
+    figures["303 chain (`curl -L`)"] = await measure(url, lambda job: redirect_chain(url, job), jobs, seconds)
     for mode in TRANSPORTS:
         figures[f"`{mode}`"] = await measure(url, with_client(url, mode), jobs, seconds)
     return figures
@@ -151,16 +161,20 @@ def table(figures: dict[str, dict[str, float]], seconds: float) -> str:
     return "\n".join(lines)
 
 
+def run(jobs: int = 3, seconds: float = 8.0) -> dict[str, dict[str, float]]:
+    """Start the counting server on a fresh SQLite file, measure every way of waiting, stop it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
+        with counting_server(store, Path(tmp, "server.log")) as url:
+            return asyncio.run(bench(url, jobs, seconds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=3, help="jobs per way of waiting (run one after the other)")
     parser.add_argument("--seconds", type=float, default=8.0, help="how long each job runs")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
-        with counting_server(store, Path(tmp, "server.log")) as url:
-            figures = asyncio.run(bench(url, args.jobs, args.seconds))
-    print(table(figures, args.seconds))
+    print(table(run(args.jobs, args.seconds), args.seconds))
 
 
 if __name__ == "__main__":
