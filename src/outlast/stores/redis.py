@@ -213,10 +213,11 @@ class RedisStore:
                         pipe.rpush(self.keys.events(job_id), _dumps([event.type, event.data]))
                     for op in change.ops:
                         op(pipe)
+                    self._publish_in(pipe, change.events)
                     await pipe.execute()
                 except WatchError:
                     continue
-                await self._publish(change.events)
+                self._published(change.events)
                 return job, change
 
     def _append(self, job: Job, change: _Change, type: str, data: dict[str, Any]) -> None:
@@ -262,15 +263,19 @@ class RedisStore:
         else:
             change.ops.append(lambda pipe: pipe.zadd(keys.queue(job.name), {job.id: qorder}))
 
-    async def _publish(self, events: Sequence[Event]) -> None:
+    def _publish_in(self, pipe: Any, events: Sequence[Event]) -> None:
+        """PUBLISH the events to the other processes inside the transaction that writes them.
+
+        Subscribers get them once the transaction has run, and it costs no round trip of its own.
+        """
+        for event in events:
+            message = {"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data}
+            pipe.publish(self.keys.events_channel, _dumps(message))
+
+    def _published(self, events: Sequence[Event]) -> None:
+        """After the transaction: the same events to this process's own listeners."""
         for event in events:
             self.hub.publish(event)
-        if events:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    message = {"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data}
-                    pipe.publish(self.keys.events_channel, _dumps(message))
-                await pipe.execute()
 
     async def _qorder(self, job_id: str) -> float:
         raw = await self._redis.get(self.keys.job(job_id))
@@ -281,7 +286,9 @@ class RedisStore:
     async def create(self, job: Job) -> tuple[Job, bool]:
         keys = self.keys
         idem = None if job.idempotency_key is None else keys.idempotency(job.owner, job.idempotency_key)
-        qorder = await self._redis.incr(keys.counter)
+        async with self._redis.pipeline(transaction=False) as first:
+            # The queue order, and the queue's length for the position: one round trip.
+            qorder, position = await first.incr(keys.counter).zcard(keys.queue(job.name)).execute()
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -295,7 +302,6 @@ class RedisStore:
                                 if existing.input_hash != job.input_hash:
                                     raise IdempotencyConflict()
                                 return existing, False
-                    position = await self._redis.zcard(keys.queue(job.name))
                     job.last_seq = 1
                     job.queue_position = position
                     event = Event(job.id, 1, *job.status_event())
@@ -306,10 +312,11 @@ class RedisStore:
                     pipe.zadd(keys.jobs, {job.id: job.created_at})
                     if idem is not None:
                         pipe.set(idem, job.id)
+                    self._publish_in(pipe, [event])
                     await pipe.execute()
                 except WatchError:
                     continue
-                await self._publish([event])
+                self._published([event])
                 return job, True
 
     async def get(self, job_id: str) -> Job | None:
