@@ -1,9 +1,10 @@
 """`redis://host:6379/0?namespace=NAME`: the store for many API and worker nodes.
 
 A job is one JSON document; its events a list; each job name has a queue (a
-sorted set in submit order). Every change of a job is one optimistic
-transaction (`WATCH` the job, apply the lifecycle of `outlast.jobs` in Python,
-`MULTI`/`EXEC`), so the rules live in one place for every store. Claiming is a
+sorted set in submit order). Every change of a job is optimistic: read the
+job, apply the lifecycle of `outlast.jobs` in Python, then write it all with a
+compare-and-set script that runs only if the job is unchanged since the read
+(else read again), so the rules live in one place for every store. Claiming is a
 Lua script that pops the next job of the first non-empty queue (the names in
 rotating order, so no queue starves the others) and leases it in the same
 step; a crash between that pop and the transition to `running` leaves a lease
@@ -88,6 +89,19 @@ return due
 """
 
 
+# KEYS[1] a job; ARGV[1] its record as read, ARGV[2] a JSON array of commands (strings).
+# Compare-and-set: runs the commands only if the job is still what was read.
+CAS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+for _, command in ipairs(cjson.decode(ARGV[2])) do
+  redis.call(unpack(command))
+end
+return 1
+"""
+
+
 class Keys:
     """Every key and channel, in one place."""
 
@@ -128,6 +142,42 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class _Commands:
+    """The writes of one change, recorded for the compare-and-set script (`CAS`).
+
+    It answers the pipeline methods the changes use, so the same code writes
+    through either; every argument becomes a string here, so numbers reach
+    Redis exactly as Python prints them (Lua would round them to 14 digits).
+    """
+
+    def __init__(self) -> None:
+        self.written: list[list[str]] = []
+
+    def _add(self, *command: Any) -> None:
+        self.written.append([str(part) for part in command])
+
+    def set(self, key: str, value: str) -> None:
+        self._add("SET", key, value)
+
+    def rpush(self, key: str, *values: str) -> None:
+        self._add("RPUSH", key, *values)
+
+    def zadd(self, key: str, mapping: Mapping[str, float]) -> None:
+        self._add("ZADD", key, *itertools.chain.from_iterable((repr(float(s)), m) for m, s in mapping.items()))
+
+    def zrem(self, key: str, *members: str) -> None:
+        self._add("ZREM", key, *members)
+
+    def expireat(self, key: str, when: int) -> None:
+        self._add("EXPIREAT", key, int(when))
+
+    def publish(self, channel: str, message: str) -> None:
+        self._add("PUBLISH", channel, message)
+
+    def delete(self, *keys: str) -> None:
+        self._add("DEL", *keys)
+
+
 class _Change:
     """What one transaction writes besides the job: events, and other keys."""
 
@@ -157,6 +207,7 @@ class RedisStore:
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._claim = self._redis.register_script(CLAIM)
+        self._cas = self._redis.register_script(CAS)
         self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
         self._listener: asyncio.Task[None] | None = None
@@ -190,33 +241,29 @@ class RedisStore:
     # -- one job, one transaction ----------------------------------------------------
 
     async def _change(self, job_id: str, apply: Callable[[Job, _Change], bool]) -> tuple[Job | None, _Change]:
-        """Load the job, let `apply` change it (False: write nothing), write it all atomically."""
+        """Load the job, let `apply` change it (False: write nothing), write it all atomically.
+
+        Two round trips: GET, then the compare-and-set script, which writes only
+        if the job is still what was read (else: read again and apply again).
+        """
         key = self.keys.job(job_id)
-        pipe: Any
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                change = _Change()
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        await pipe.reset()
-                        return None, change
-                    record = json.loads(raw)
-                    job = job_from_record(record)
-                    if not apply(job, change):
-                        await pipe.reset()
-                        return job, change
-                    pipe.multi()
-                    pipe.set(key, _dumps({**job_record(job), "qorder": record.get("qorder")}))
-                    for event in change.events:
-                        pipe.rpush(self.keys.events(job_id), _dumps([event.type, event.data]))
-                    for op in change.ops:
-                        op(pipe)
-                    self._publish_in(pipe, change.events)
-                    await pipe.execute()
-                except WatchError:
-                    continue
+        while True:
+            change = _Change()
+            raw = await self._redis.get(key)
+            if raw is None:
+                return None, change
+            record = json.loads(raw)
+            job = job_from_record(record)
+            if not apply(job, change):
+                return job, change
+            commands = _Commands()
+            commands.set(key, _dumps({**job_record(job), "qorder": record.get("qorder")}))
+            for event in change.events:
+                commands.rpush(self.keys.events(job_id), _dumps([event.type, event.data]))
+            for op in change.ops:
+                op(commands)
+            self._publish_in(commands, change.events)
+            if await self._cas(keys=[key], args=[raw, _dumps(commands.written)]):
                 self._published(change.events)
                 return job, change
 
