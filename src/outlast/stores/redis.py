@@ -102,6 +102,24 @@ return 1
 """
 
 
+# KEYS[1] a job, KEYS[2] the leases; ARGV[1] the queue key prefix. The job's record, with
+# its place in its queue if it is queued, or its lease's end if it is running: one round trip.
+GET_JOB = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  return false
+end
+local job = cjson.decode(raw)
+local extra = false
+if job.status == 'queued' then
+  extra = redis.call('ZRANK', ARGV[1] .. job.name, job.id)
+elseif job.status == 'running' then
+  extra = redis.call('ZSCORE', KEYS[2], job.id)
+end
+return {raw, extra}
+"""
+
+
 class Keys:
     """Every key and channel, in one place."""
 
@@ -208,6 +226,7 @@ class RedisStore:
         )
         self._claim = self._redis.register_script(CLAIM)
         self._cas = self._redis.register_script(CAS)
+        self._get_job = self._redis.register_script(GET_JOB)
         self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
         self._listener: asyncio.Task[None] | None = None
@@ -367,15 +386,15 @@ class RedisStore:
                 return job, True
 
     async def get(self, job_id: str) -> Job | None:
-        raw = await self._redis.get(self.keys.job(job_id))
-        if raw is None:
+        found = await self._get_job(keys=[self.keys.job(job_id), self.keys.leases], args=[self.keys.queue_prefix])
+        if not found:
             return None
+        raw, extra = found
         job = job_from_record(json.loads(raw))
         if job.status is JobStatus.QUEUED:
-            rank = await self._redis.zrank(self.keys.queue(job.name), job.id)
-            job.queue_position = None if rank is None else int(rank)
+            job.queue_position = None if extra is None else int(extra)
         elif job.status is JobStatus.RUNNING:
-            job.lease_until = await self._redis.zscore(self.keys.leases, job.id)
+            job.lease_until = None if extra is None else float(extra)
         return job
 
     async def list_jobs(self, query: ListQuery) -> Page:
