@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -12,6 +13,7 @@ from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
 from outlast.auth import ApiKeys
 from outlast.deliveries import DEFAULT_EVENTS
 from outlast.exceptions import ConfigError, JobNotFound, QueueFull, RateLimited, UnknownJobName
+from outlast.hub import Listener
 from outlast.jobs import Job, JobStatus
 from outlast.limits import SubmitRate
 from outlast.metrics import Metrics
@@ -227,12 +229,16 @@ class Outlast:
         webhook: str | None = None,
         webhook_events: tuple[str, ...] = DEFAULT_EVENTS,
         strict_json: bool = False,
+        wait_s: float = 0.0,
     ) -> tuple[Job, bool]:
         """Validate `input` and queue a job; returns it and whether it is new.
 
-        `webhook` is a URL to `POST` the job to on `webhook_events`. Raises
-        `UnknownJobName`, `InvalidInput` (a webhook URL that may not be called
-        too), or `IdempotencyConflict`.
+        `webhook` is a URL to `POST` the job to on `webhook_events`. With
+        `wait_s`, waits up to that long for the job to end (and returns it as it
+        is then); such a job may start at once on this process's workers when
+        one is free and no job waits before it. Raises `UnknownJobName`,
+        `InvalidInput` (a webhook URL that may not be called too), or
+        `IdempotencyConflict`.
         """
         definition = self.definition(name)
         validated = definition.validate(dict(input or {}), strict_json=strict_json)
@@ -252,9 +258,21 @@ class Outlast:
             webhook_url=webhook,
             webhook_events=webhook_events if webhook is not None else (),
         )
-        stored, created = await self.store.create(job)
+        if wait_s <= 0:
+            return await self._create(job, start=False)
+        deadline = time.monotonic() + wait_s
+        # Listening before the job exists: none of its events can be missed, so none need reading back.
+        with self.store.hub.listen(job.id) as listener:
+            stored, created = await self._create(job, start=True)
+            if created:
+                return await self._until_terminal(listener, stored, deadline), True
+        return await self.wait(stored.id, deadline - time.monotonic()), False  # an earlier job with that key
+
+    async def _create(self, job: Job, *, start: bool) -> tuple[Job, bool]:
+        started = None if not start or self._runner is None else await self._runner.create_started(job)
+        stored, created = await self.store.create(job) if started is None else started
         if created:
-            self.metrics.submitted.labels(name).inc()
+            self.metrics.submitted.labels(job.name).inc()
         return stored, created
 
     def check_rate(self, who: str) -> None:
@@ -278,15 +296,20 @@ class Outlast:
         """
         deadline = time.monotonic() + timeout_s
         with self.store.hub.listen(job_id) as listener:
-            job = await self.get(job_id)
-            while not job.is_terminal:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await listener.wait(remaining):
-                    break
-                lagged = listener.lagged
-                events = listener.drain()
-                if lagged or any(e.type == "status" for e in events):
-                    job = await self.get(job_id)
+            return await self._until_terminal(listener, await self.get(job_id), deadline)
+
+    async def _until_terminal(self, listener: Listener, job: Job, deadline: float) -> Job:
+        """`job` as it is once terminal or at `deadline`; `listener` heard every event since it was read."""
+        while not job.is_terminal:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await listener.wait(remaining):
+                break
+            lagged = listener.lagged
+            statuses = [event for event in listener.drain() if event.type == "status"]
+            if lagged or statuses:
+                published = None if lagged else statuses[-1].job
+                # A job published by this process is as its write left it: no need to read it back.
+                job = await self.get(job.id) if published is None else dataclasses.replace(published)
         return job
 
     async def cancel(self, job_id: str) -> Job:

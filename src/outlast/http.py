@@ -158,14 +158,20 @@ class Edge:
         body = await json_object(request, self.ot.settings.max_body)
         webhook = request.headers.get("outlast-webhook")
         events = parse_events(request.headers.get("outlast-webhook-events"))
-        job, _ = await self.ot.submit(
-            name, body, idempotency_key=key, owner=owner, webhook=webhook, webhook_events=events, strict_json=True
-        )
         if prefs.wait_s is not None:
             wait_s = prefs.wait_s
         else:
             wait_s = 0.0 if prefs.respond_async else self.ot.settings.default_wait
-        job = await hold(self.ot, job, wait_s)
+        job, _ = await self.ot.submit(
+            name,
+            body,
+            idempotency_key=key,
+            owner=owner,
+            webhook=webhook,
+            webhook_events=events,
+            strict_json=True,
+            wait_s=min(wait_s, self.ot.settings.hold_s),
+        )
         if not job.is_terminal or (prefs.respond_async and wait_s == 0):
             return accepted(base_of(request), job, respond_async=prefs.respond_async)
         applied = min(wait_s, self.ot.settings.hold_s)

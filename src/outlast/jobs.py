@@ -103,12 +103,18 @@ CANCELED = "canceled"
 
 @dataclasses.dataclass(slots=True)
 class Event:
-    """One entry of a job's event log. `seq` is None only for live-only events."""
+    """One entry of a job's event log. `seq` is None only for live-only events.
+
+    `job` is set on a status event published by the process that wrote it: the
+    job as that write left it, so that waiters here need not read it back. It is
+    shared by every listener: read it, don't change it.
+    """
 
     job_id: str
     seq: int | None
     type: str
     data: dict[str, Any]
+    job: Job | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(slots=True)

@@ -29,7 +29,7 @@ from outlast.exceptions import Cancelled, JobError, RetryableError
 from outlast.jobs import TIMEOUT, WORKER_LOST, ErrorInfo, Job, JobStatus, Outcome, is_json
 from outlast.metrics import Metrics
 from outlast.registry import JobDefinition
-from outlast.stores.base import JobStore
+from outlast.stores.base import JobStore, StartsAtOnce
 
 logger = logging.getLogger("outlast.runner")
 
@@ -88,6 +88,7 @@ class Runner:
         self._executions: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._unsubscribe = store.hub.on_cancel(self._cancel_local)
+        self._starter = store if isinstance(store, StartsAtOnce) else None
 
     @property
     def running(self) -> int:
@@ -133,22 +134,63 @@ class Runner:
 
     async def _claim_loop(self) -> None:
         names = list(self.registry)
+        # Claims made at once: doubled while every claim finds a job, so that a
+        # backlog fills the free slots in a few round trips; back to one when idle.
+        want = 1
         while not self._stopping.is_set():
             await self._slots.acquire()
-            job = None
-            while job is None and not self._stopping.is_set():
-                try:
-                    job = await self.store.claim(self.worker, names, self.lease_s)
-                except Exception:
-                    logger.exception("claiming a job failed; trying again")
-                if job is None:
-                    await self.store.hub.wait_for_work(IDLE_POLL_S)
-            if job is None:
+            held = 1
+            while held < want and not self._slots.locked():
+                await self._slots.acquire()  # free: returns at once
+                held += 1
+            jobs = await self._claim(names, held)
+            for job in jobs:
+                self._launch(job)
+            for _ in range(held - len(jobs)):
                 self._slots.release()
-                return
-            execution = asyncio.create_task(self._execute(job), name=f"outlast-job-{job.id}")
-            self._executions.add(execution)
-            execution.add_done_callback(self._done)
+            want = min(2 * held, self.concurrency) if len(jobs) == held else 1
+            if not jobs and not self._stopping.is_set():
+                await self.store.hub.wait_for_work(IDLE_POLL_S)
+
+    async def _claim(self, names: list[str], count: int) -> list[Job]:
+        claims = [self.store.claim(self.worker, names, self.lease_s) for _ in range(count)]
+        jobs = []
+        for outcome in await asyncio.gather(*claims, return_exceptions=True):
+            if isinstance(outcome, Job):
+                jobs.append(outcome)
+            elif isinstance(outcome, BaseException):
+                logger.error("claiming a job failed; trying again", exc_info=outcome)
+        return jobs
+
+    async def create_started(self, job: Job) -> tuple[Job, bool] | None:
+        """Create `job` and run it here at once, skipping the queue's round trip.
+
+        Only with a free slot, and unless a due job this runner serves is queued
+        (the store checks that in the same step, so no job is jumped over); the
+        job is then leased, heartbeated, cancelable and retried like any claimed
+        job. Otherwise it is created queued as usual. None: this runner can't
+        (a store without the ability, no free slot, stopping, not its job).
+        """
+        starter = self._starter
+        if starter is None or self._stopping.is_set() or self._slots.locked() or job.name not in self.registry:
+            return None
+        await self._slots.acquire()  # free: returns at once
+        try:
+            stored, created = await starter.create_started(job, self.worker, list(self.registry), self.lease_s)
+        except BaseException:
+            self._slots.release()
+            raise
+        if created and stored.status is JobStatus.RUNNING:
+            self._launch(stored)
+        else:
+            self._slots.release()
+        return stored, created
+
+    def _launch(self, job: Job) -> None:
+        """Run a job claimed for this worker; its slot is already taken."""
+        execution = asyncio.create_task(self._execute(job), name=f"outlast-job-{job.id}")
+        self._executions.add(execution)
+        execution.add_done_callback(self._done)
 
     def _done(self, execution: asyncio.Task[None]) -> None:
         self._executions.discard(execution)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import signal
 import sqlite3
@@ -220,3 +221,27 @@ def test_an_idle_worker_exits_cleanly_on_sigterm(serve, work):
     assert code == 0, worker.output()
     assert time.monotonic() - started < 5
     assert "Traceback" not in worker.output()
+
+
+# -- 5. a sync request's job, started at once on the server that took it -----------------------------
+
+
+def test_a_job_started_at_once_is_run_again_when_its_server_is_killed(serve, db_url):
+    server = serve(workers=2, lease=LEASE)
+    with httpx.Client(timeout=10) as client:
+        response = client.post(f"{server.url}/jobs/sleep", json={"seconds": 3}, headers={"Prefer": "wait=0.5"})
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert job["status"] == "running"  # no queue round trip: running when the hold ended
+        assert job["attempt"] == 1
+        server.kill()
+
+        restarted = serve(workers=1, lease=LEASE)
+        done = wait_for_status(client, restarted.url, job["id"], {"succeeded", "failed", "canceled"}, timeout=25)
+        assert done["status"] == "succeeded", done
+        assert done["attempt"] == 2
+        assert done["result"] == {"slept": 3, "attempt": 2}
+    rows = query(
+        db_path(db_url), f"SELECT data FROM events WHERE job_id = '{job['id']}' AND type = 'status' ORDER BY seq"
+    )
+    assert [json.loads(row[0])["status"] for row in rows] == ["queued", "running", "queued", "running", "succeeded"]

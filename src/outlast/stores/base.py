@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from outlast.deliveries import Delivery
 from outlast.exceptions import InvalidRequest
@@ -126,6 +126,20 @@ class JobStore(Protocol):
 
     async def setting(self, name: str, value: str) -> str:
         """Store `value` under `name` unless one is there; return the stored one."""
+
+
+@runtime_checkable
+class StartsAtOnce(Protocol):
+    """A store that can create a job already claimed, for a worker that is free now.
+
+    Optional (the runner checks for it): it spares a sync request the queue's round trip.
+    """
+
+    async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
+        """`create`, and in the same atomic step, unless a due job of one of `names`
+        is queued (that one comes first), claim the new job for `worker` as `claim`
+        would: running, leased, its token set, its queued and running events written."""
+        ...
 
 
 # -- helpers shared by the stores --------------------------------------------

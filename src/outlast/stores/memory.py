@@ -7,6 +7,7 @@ so on one event loop each is atomic.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -50,7 +51,8 @@ class MemoryStore:
 
     def _status_event(self, job: Job) -> Event:
         job.queue_position = self._position(job)
-        return self._append(job, *job.status_event())
+        event = self._append(job, *job.status_event())
+        return dataclasses.replace(event, job=copy.deepcopy(job))  # the log keeps no copy
 
     def _position(self, job: Job) -> int | None:
         if job.status is not JobStatus.QUEUED:
@@ -78,6 +80,19 @@ class MemoryStore:
         event = self._status_event(job)
         self._publish([event])
         return self._snapshot(job), True
+
+    async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
+        now = time.time()
+        waiting = any(
+            j.status is JobStatus.QUEUED and j.name in names and j.run_after <= now for j in self._jobs.values()
+        )
+        stored, created = await self.create(job)  # never suspends: still one atomic step
+        if not created or waiting:
+            return stored, created
+        live = self._jobs[stored.id]
+        live.start(worker, lease_s, now)
+        self._publish([self._status_event(live)])
+        return copy.deepcopy(live), True
 
     def _snapshot(self, job: Job) -> Job:
         job.queue_position = self._position(job)

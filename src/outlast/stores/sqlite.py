@@ -53,6 +53,10 @@ class SQLiteStore:
         self._reader = Connection(path, "r")
         self._poller: asyncio.Task[None] | None = None
         self._seen_rowid = 0
+        # Jobs queued (here or by another process) since the last claim that found none:
+        # while there may be work, a claim goes straight to the write.
+        self._queued_count = 0
+        self._queued_count_when_empty = 0
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -102,9 +106,11 @@ class SQLiteStore:
         else:
             conn.execute("UPDATE deliveries SET record = ?, state = ?, next_at = ? WHERE id = ?", values)
 
-    def _status_event(self, conn: sqlite3.Connection, job: Job) -> Event:
-        job.queue_position = self._position(conn, job)
-        return self._append(conn, job, *job.status_event())
+    def _status_event(self, conn: sqlite3.Connection, job: Job, *, ahead: int | None = None) -> Event:
+        job.queue_position = self._position(conn, job) if ahead is None else ahead
+        event = self._append(conn, job, *job.status_event())
+        event.job = dataclasses.replace(job)
+        return event
 
     def _save(self, conn: sqlite3.Connection, job: Job) -> None:
         values = column_values(job)
@@ -144,34 +150,66 @@ class SQLiteStore:
     def _publish(self, events: Sequence[Event]) -> None:
         for event in events:
             self.hub.publish(event)
+        latest = {event.job_id: event.data for event in events if event.type == "status"}
+        if any(data.get("status") == "queued" for data in latest.values()):
+            self._queued_count += 1
+
+    def _existing(self, conn: sqlite3.Connection, job: Job) -> Job | None:
+        """The job already stored under `job`'s idempotency key, if any (`IdempotencyConflict` if its input differs)."""
+        if job.idempotency_key is None:
+            return None
+        row = conn.execute(
+            "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (job.owner or "", job.idempotency_key)
+        ).fetchone()
+        if row is None:
+            return None
+        existing = job_from_row(row)
+        if existing.input_hash != job.input_hash:
+            raise IdempotencyConflict()
+        existing.queue_position = self._position(conn, existing)
+        return existing
+
+    def _insert(self, conn: sqlite3.Connection, job: Job, start: tuple[str, float] | None) -> tuple[Job, list[Event]]:
+        """Store a new job with its queued event; with `start` (worker, lease), claimed at once too."""
+        created = dataclasses.replace(job)
+        # Every job of its name queued now is ahead of it: the row it gets comes last.
+        ahead = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND name = ?", (job.name,)).fetchone()
+        events = [self._status_event(conn, created, ahead=int(ahead[0]))]
+        if start is not None:
+            worker, lease_s = start
+            created.start(worker, lease_s, time.time())
+            events.append(self._status_event(conn, created))
+        values = column_values(created)  # one row, written as it ends up
+        columns = ", ".join(values)
+        placeholders = ", ".join(f":{c}" for c in values)
+        conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", values)
+        return created, events
 
     # -- the protocol -----------------------------------------------------------
 
     async def create(self, job: Job) -> tuple[Job, bool]:
-        def create(conn: sqlite3.Connection) -> tuple[Job, Event | None]:
-            if job.idempotency_key is not None:
-                row = conn.execute(
-                    "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?",
-                    (job.owner or "", job.idempotency_key),
-                ).fetchone()
-                if row is not None:
-                    existing = job_from_row(row)
-                    if existing.input_hash != job.input_hash:
-                        raise IdempotencyConflict()
-                    existing.queue_position = self._position(conn, existing)
-                    return existing, None
-            values = column_values(job)
-            columns = ", ".join(values)
-            placeholders = ", ".join(f":{c}" for c in values)
-            conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", values)
-            created = dataclasses.replace(job)
-            event = self._transition(conn, created)
-            return created, event
+        def create(conn: sqlite3.Connection) -> tuple[Job, list[Event]]:
+            existing = self._existing(conn, job)
+            return (existing, []) if existing is not None else self._insert(conn, job, None)
 
-        stored, event = await self._writer.write(create)
-        if event is not None:
-            self._publish([event])
-        return stored, event is not None
+        stored, events = await self._writer.write(create)
+        self._publish(events)
+        return stored, bool(events)
+
+    async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
+        marks = ", ".join("?" for _ in names)
+        waiting = f"SELECT 1 FROM jobs WHERE status = 'queued' AND name IN ({marks}) AND run_after <= ? LIMIT 1"
+
+        def create(conn: sqlite3.Connection) -> tuple[Job, list[Event]]:
+            existing = self._existing(conn, job)
+            if existing is not None:
+                return existing, []
+            jumps_the_queue = conn.execute(waiting, [*names, time.time()]).fetchone() is not None
+            return self._insert(conn, job, None if jumps_the_queue else (worker, lease_s))
+
+        stored, events = await self._writer.write(create)
+        self._publish(events)
+        return stored, bool(events)
 
     async def get(self, job_id: str) -> Job | None:
         def get(conn: sqlite3.Connection) -> Job | None:
@@ -268,11 +306,14 @@ class SQLiteStore:
             job.start(worker, lease_s, now)
             return job, self._transition(conn, job)
 
-        exists = f"SELECT 1 FROM jobs WHERE status = 'queued' AND name IN ({marks}) AND run_after <= ? LIMIT 1"
-        if not await self._any(exists, *names):
-            return None  # a cheap read first: idle workers don't take the write lock
+        queued_count = self._queued_count
+        if queued_count == self._queued_count_when_empty:
+            exists = f"SELECT 1 FROM jobs WHERE status = 'queued' AND name IN ({marks}) AND run_after <= ? LIMIT 1"
+            if not await self._any(exists, *names):
+                return None  # a cheap read first: idle workers don't take the write lock
         claimed = await self._writer.write(claim)
         if claimed is None:
+            self._queued_count_when_empty = queued_count
             return None
         self._publish([claimed[1]])
         return claimed[0]
@@ -468,7 +509,7 @@ class SQLiteStore:
                 for row in rows:
                     self._seen_rowid = row[0]
                     if row[4] is not None:
-                        self.hub.publish(Event(row[1], row[2], row[3], json.loads(row[4])))
+                        self._publish([Event(row[1], row[2], row[3], json.loads(row[4]))])
             except Exception:
                 logger.exception("reading the events of other processes failed; retrying")
                 rows = []
