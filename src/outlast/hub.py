@@ -11,7 +11,6 @@ memory and never slows the publisher.
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -21,40 +20,66 @@ LISTENER_BUFFER = 256
 
 
 class Listener:
-    """The live events of one job, as seen by one waiter."""
+    """The live events of one job, as seen by one waiter.
 
-    __slots__ = ("_buffer", "_wake", "job_id", "lagged")
+    Thousands of these wait at once (one per open event stream), so each is
+    small: a list made on the first event, and a future only while waiting.
+    """
+
+    __slots__ = ("_buffer", "_maxlen", "_waiter", "_woken", "job_id", "lagged")
 
     def __init__(self, job_id: str, maxlen: int = LISTENER_BUFFER) -> None:
         self.job_id = job_id
-        self._buffer: collections.deque[Event] = collections.deque(maxlen=maxlen)
-        self._wake = asyncio.Event()
+        self._buffer: list[Event] | None = None
+        self._maxlen = maxlen
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
         self.lagged = False
 
     def _push(self, event: Event) -> None:
-        if len(self._buffer) == self._buffer.maxlen:
-            self.lagged = True
-        self._buffer.append(event)
-        self._wake.set()
+        if self._buffer is None:
+            self._buffer = [event]
+        else:
+            if len(self._buffer) >= self._maxlen:
+                self.lagged = True  # the oldest is dropped: the reader reads the gap back from the store
+                del self._buffer[0]
+            self._buffer.append(event)
+        self.wake()
+
+    def wake(self) -> None:
+        """End the current or next `wait()` at once (with or without events)."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def drain(self) -> list[Event]:
         """The events received since the last drain (and clears `lagged`)."""
-        events = list(self._buffer)
-        self._buffer.clear()
-        self._wake.clear()
+        events = self._buffer or []
+        self._buffer = None
+        self._woken = False
         self.lagged = False
         return events
 
     async def wait(self, timeout_s: float | None) -> bool:
-        """Wait until an event arrives; False on timeout."""
-        if self._buffer:
+        """Wait until an event arrives (or `wake()`); False on timeout."""
+        if self._woken:
             return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._wake.wait()
-        except TimeoutError:
-            return False
-        return True
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        return self._woken
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Hub:
@@ -83,6 +108,8 @@ class Hub:
     def listen(self, job_id: str) -> Iterator[Listener]:
         """The live events of one job."""
         listener = Listener(job_id)
+        if self.closing.is_set():
+            listener.wake()  # shutting down: nothing should start waiting now
         self._listeners.setdefault(job_id, set()).add(listener)
         try:
             yield listener
@@ -97,6 +124,8 @@ class Hub:
     def listen_status(self) -> Iterator[Listener]:
         """The live status changes of every job (for dashboards)."""
         listener = Listener("*")
+        if self.closing.is_set():
+            listener.wake()
         self._status_listeners.add(listener)
         try:
             yield listener
@@ -113,7 +142,7 @@ class Hub:
         self.closing.set()
         for listeners in [*self._listeners.values(), self._status_listeners]:
             for listener in listeners:
-                listener._wake.set()
+                listener.wake()
 
     def is_listened(self, job_id: str) -> bool:
         return job_id in self._listeners

@@ -10,13 +10,16 @@ from the store, which is the source of truth.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from outlast.jobs import TERMINAL, Event, Job, JobStatus
 from outlast.links import with_links
@@ -39,61 +42,179 @@ def is_terminal_event(event: Event) -> bool:
 
 async def follow(
     ot: Outlast, job_id: str, after: int, *, heartbeat_s: float = HEARTBEAT_S
-) -> AsyncIterator[Event | None]:
+) -> AsyncGenerator[Event | None, None]:
     """The job's events with seq > `after`, in order, then live ones; None when idle for `heartbeat_s`.
 
     Ends after the terminal status event. `position` events (seq None) are
     passed through as they come.
     """
+    # Thousands of these may be idle at once: the frame holds a cursor and a
+    # listener, never the events it replayed nor the job it read.
     store = ot.store
-    with store.hub.listen(job_id) as listener, contextlib.ExitStack() as watching:
-        cursor = after
+    with store.hub.listen(job_id) as listener:
+        watching: AbstractContextManager[None] | None = None
         watched = False
-        while True:
-            while True:  # catch up from the store
-                events = await store.events(job_id, cursor, PAGE)
-                for event in events:
-                    yield event
-                    cursor = event.seq if event.seq is not None else cursor
-                    if is_terminal_event(event):
-                        return
-                if len(events) < PAGE:
-                    break
-            if not watched:
-                # Positions while queued: the job's current state says whether it is.
-                job = await store.get(job_id)
-                if job is not None and job.status is JobStatus.QUEUED:
-                    watching.enter_context(ot.positions.watch(job_id, job.name, job.queue_position))
-                    yield Event(job_id, None, "position", {"queue_position": job.queue_position})
-                watched = True
-            while True:  # live
-                if not await listener.wait(heartbeat_s):
-                    yield None
-                    if await store.get(job_id) is None:
-                        return  # the job is gone (deleted, or lost with its store): nothing more will come
-                    break  # idle: look in the store too, in case a relayed event was lost
-                if store.hub.closing.is_set():
-                    return  # shutting down: the client resumes elsewhere from its cursor
-                lagged = listener.lagged
-                gap = False
-                for event in listener.drain():
-                    if event.seq is None:
+        cursor = after
+        try:
+            while True:
+                async with contextlib.aclosing(_stored(ot, job_id, cursor)) as stored:
+                    async for event in stored:
                         yield event
-                    elif event.seq == cursor + 1:
-                        yield event
-                        cursor = event.seq
+                        cursor = event.seq if event.seq is not None else cursor
                         if is_terminal_event(event):
                             return
-                        if event.type == "status" and event.data.get("status") != "queued":
-                            watching.close()  # no longer queued: no more positions
-                    elif event.seq > cursor + 1:
-                        gap = True
+                if not watched:
+                    watched = True
+                    watching, position = await _watch_position(ot, job_id)
+                    if watching is not None:
+                        yield Event(job_id, None, "position", {"queue_position": position})
+                while True:  # live
+                    if not await listener.wait(heartbeat_s):
+                        yield None
+                        if await store.get(job_id) is None:
+                            return  # the job is gone (deleted, or lost with its store): nothing more will come
+                        break  # idle: look in the store too, in case a relayed event was lost
+                    if store.hub.closing.is_set():
+                        return  # shutting down: the client resumes elsewhere from its cursor
+                    lagged = listener.lagged
+                    gap = False
+                    for event in listener.drain():
+                        if event.seq is None:
+                            yield event
+                        elif event.seq == cursor + 1:
+                            yield event
+                            cursor = event.seq
+                            if is_terminal_event(event):
+                                return
+                            if watching is not None and event.type == "status" and event.data.get("status") != "queued":
+                                watching.__exit__(None, None, None)  # no longer queued: no more positions
+                                watching = None
+                        elif event.seq > cursor + 1:
+                            gap = True
+                            break
+                    if gap or lagged:
                         break
-                if gap or lagged:
-                    break
+        finally:
+            if watching is not None:
+                watching.__exit__(None, None, None)
+
+
+async def _stored(ot: Outlast, job_id: str, cursor: int) -> AsyncGenerator[Event, None]:
+    """The stored events after `cursor`, a page at a time."""
+    while True:
+        events = await ot.store.events(job_id, cursor, PAGE)
+        for event in events:
+            yield event
+            cursor = event.seq if event.seq is not None else cursor
+        if len(events) < PAGE:
+            return
+
+
+async def _watch_position(ot: Outlast, job_id: str) -> tuple[AbstractContextManager[None] | None, int | None]:
+    """If the job is queued, a watch on its position (entered: exit it), and the position."""
+    job = await ot.store.get(job_id)
+    if job is None or job.status is not JobStatus.QUEUED:
+        return None, None
+    watching = ot.positions.watch(job_id, job.name, job.queue_position)
+    watching.__enter__()
+    return watching, job.queue_position
 
 
 # -- Server-Sent Events ---------------------------------------------------------------
+
+RETRY = f"retry: {RETRY_MS}\n\n".encode()
+PING = b": ping\n\n"
+LAGGED = b"event: lagged\ndata: {}\n\n"
+SSE_RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in SSE_HEADERS.items()),
+]
+ENCODED_CACHE = 64
+
+
+class EventStream(Response):
+    """A `text/event-stream` response cheap enough to hold ten thousand open in one process.
+
+    Starlette's `StreamingResponse` runs each stream in an anyio task group (a
+    second task, cancel scopes, events): several KB per idle stream. This one
+    writes from the request's own task; a pending `receive()`, re-armed by a
+    callback, notices the client hanging up and cancels that task.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:  # no Response.__init__: no body to render
+        self.chunks = chunks
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(SSE_RAW_HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        task = asyncio.current_task()
+        assert task is not None
+        hung_up = _HangUp(task, receive)
+        try:
+            async with contextlib.aclosing(self.chunks) as chunks:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # The last event may have gone to thousands of streams at once: let the
+            # others write theirs before this one spends time on ending.
+            await asyncio.sleep(0)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not hung_up.gone or task.uncancel() > 0:
+                raise
+        finally:
+            hung_up.stop()
+
+
+class _HangUp:
+    """Waits on `receive()` for `http.disconnect` without a coroutine of its own; then cancels `task`."""
+
+    __slots__ = ("gone", "receive", "receiving", "task")
+
+    def __init__(self, task: asyncio.Task[Any], receive: Receive) -> None:
+        self.task = task
+        self.receive = receive
+        self.gone = False
+        self.receiving: asyncio.Future[Message] | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self.receiving = asyncio.ensure_future(self.receive())
+        self.receiving.add_done_callback(self._received)
+
+    def _received(self, receiving: asyncio.Future[Message]) -> None:
+        if receiving.cancelled() or self.receiving is None:
+            return
+        if receiving.exception() is None and receiving.result()["type"] != "http.disconnect":
+            self._arm()  # the (empty) request body: keep listening
+            return
+        self.gone = True
+        self.receiving = None
+        self.task.cancel()
+
+    def stop(self) -> None:
+        receiving, self.receiving = self.receiving, None
+        if receiving is not None:
+            receiving.cancel()
+
+
+_encoded: dict[tuple[int, str | None], tuple[Event, bytes]] = {}
+
+
+def sse_bytes(event: Event, base: str | None = None) -> bytes:
+    """`sse_message()` encoded, once per event and base however many streams send it."""
+    key = (id(event), base)
+    cached = _encoded.get(key)
+    if cached is not None and cached[0] is event:  # holding the event keeps its id from being reused
+        return cached[1]
+    encoded = sse_message(event, base).encode()
+    if len(_encoded) >= ENCODED_CACHE:
+        del _encoded[next(iter(_encoded))]
+    _encoded[key] = (event, encoded)
+    return encoded
 
 
 def sse_message(event: Event, base: str | None = None) -> str:
@@ -118,15 +239,14 @@ async def job_events(ot: Outlast, request: Request, job: Job) -> Response:
     after = sse_cursor(request)
     if job.is_terminal and after >= job.last_seq:
         return Response(status_code=204)  # stops a browser's EventSource from reconnecting
+    return EventStream(_job_chunks(ot, job.id, after, str(request.scope.get("root_path", ""))))
 
-    base = str(request.scope.get("root_path", ""))
 
-    async def stream() -> AsyncIterator[str]:
-        yield f"retry: {RETRY_MS}\n\n"
-        async for event in follow(ot, job.id, after):
-            yield ": ping\n\n" if event is None else sse_message(event, base)
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+async def _job_chunks(ot: Outlast, job_id: str, after: int, base: str) -> AsyncGenerator[bytes, None]:
+    yield RETRY
+    async with contextlib.aclosing(follow(ot, job_id, after)) as events:
+        async for event in events:
+            yield PING if event is None else sse_bytes(event, base)
 
 
 async def status_events(ot: Outlast, request: Request, owner: str | None) -> Response:
@@ -147,22 +267,22 @@ async def status_events(ot: Outlast, request: Request, owner: str | None) -> Res
             owners[job_id] = None if job is None else job.owner
         return owners[job_id] == owner
 
-    async def stream() -> AsyncIterator[str]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         with ot.store.hub.listen_status() as listener:  # listening before the client hears anything
-            yield f"retry: {RETRY_MS}\n\n"
+            yield RETRY
             while True:
                 if not await listener.wait(HEARTBEAT_S):
-                    yield ": ping\n\n"
+                    yield PING
                     continue
                 if ot.store.hub.closing.is_set():
                     return
                 if listener.lagged:
-                    yield "event: lagged\ndata: {}\n\n"  # some were dropped: reload the list
+                    yield LAGGED  # some were dropped: reload the list
                 for event in listener.drain():
                     if await visible(event.job_id):
-                        yield sse_message(Event(event.job_id, None, "status", _summary(event.data)), base)
+                        yield sse_message(Event(event.job_id, None, "status", _summary(event.data)), base).encode()
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStream(chunks())
 
 
 def _summary(job: dict[str, Any]) -> dict[str, Any]:
