@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+import weakref
 from collections.abc import AsyncGenerator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -27,11 +29,14 @@ from outlast.problems import HTTPProblem
 
 if TYPE_CHECKING:
     from outlast.core import Outlast
+    from outlast.stores.base import JobStore
 
 HEARTBEAT_S = 15.0
 RETRY_MS = 2000
 PAGE = 500
 OWNER_CACHE = 10_000
+IDLE_CHECK_S = 1.0
+IDLE_CHECKS = 10_000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
 
@@ -71,9 +76,12 @@ async def follow(
                 while True:  # live
                     if not await listener.wait(heartbeat_s):
                         yield None
-                        if await store.get(job_id) is None:
+                        last_seq = await _last_seq(ot, job_id)
+                        if last_seq is None:
                             return  # the job is gone (deleted, or lost with its store): nothing more will come
-                        break  # idle: look in the store too, in case a relayed event was lost
+                        if last_seq > cursor:
+                            break  # a relayed event was lost: read it back from the store
+                        continue
                     if store.hub.closing.is_set():
                         return  # shutting down: the client resumes elsewhere from its cursor
                     lagged = listener.lagged
@@ -108,6 +116,48 @@ async def _stored(ot: Outlast, job_id: str, cursor: int) -> AsyncGenerator[Event
             cursor = event.seq if event.seq is not None else cursor
         if len(events) < PAGE:
             return
+
+
+class _LastSeqs:
+    """A store's jobs' last stored seqs, each read at most once per `IDLE_CHECK_S` however many idle streams ask.
+
+    Every idle stream looks at the store once per heartbeat; ten thousand
+    streams on one job then cost one read a second, not ten thousand.
+    """
+
+    def __init__(self) -> None:
+        self._reads: dict[str, tuple[float, asyncio.Future[int | None]]] = {}
+
+    async def get(self, store: JobStore, job_id: str) -> int | None:
+        now = time.monotonic()
+        entry = self._reads.get(job_id)
+        if entry is None or entry[0] < now:
+            if len(self._reads) >= IDLE_CHECKS:
+                self._reads = {key: value for key, value in self._reads.items() if value[0] >= now}
+            reading = asyncio.ensure_future(_read_last_seq(store, job_id))
+            reading.add_done_callback(self._done)
+            self._reads[job_id] = entry = (now + IDLE_CHECK_S, reading)
+        return await asyncio.shield(entry[1])
+
+    def _done(self, reading: asyncio.Future[int | None]) -> None:
+        if reading.cancelled() or reading.exception() is not None:  # retrieved: the next caller reads again
+            self._reads = {key: value for key, value in self._reads.items() if value[1] is not reading}
+
+
+async def _read_last_seq(store: JobStore, job_id: str) -> int | None:
+    job = await store.get(job_id)
+    return None if job is None else job.last_seq
+
+
+_last_seqs: weakref.WeakKeyDictionary[JobStore, _LastSeqs] = weakref.WeakKeyDictionary()
+
+
+async def _last_seq(ot: Outlast, job_id: str) -> int | None:
+    """The job's last stored seq, None if it is gone (see `_LastSeqs`)."""
+    seqs = _last_seqs.get(ot.store)
+    if seqs is None:
+        seqs = _last_seqs[ot.store] = _LastSeqs()
+    return await seqs.get(ot.store, job_id)
 
 
 async def _watch_position(ot: Outlast, job_id: str) -> tuple[AbstractContextManager[None] | None, int | None]:
