@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -117,6 +118,40 @@ elseif job.status == 'running' then
   extra = redis.call('ZSCORE', KEYS[2], job.id)
 end
 return {raw, extra}
+"""
+
+
+# KEYS[1] the idempotency key ('' if none), KEYS[2] delayed, KEYS[3] the job, KEYS[4] its
+# events, KEYS[5] leases, KEYS[6] the jobs index, KEYS[7] the queue order counter.
+# ARGV[1] now, ARGV[2] queue key prefix, ARGV[3] the names (JSON), ARGV[4] the job's id,
+# ARGV[5] its created_at, ARGV[6] its lease's end, ARGV[7] its record as started (without
+# qorder), ARGV[8] the events channel, ARGV[9...] pairs of (event, message).
+# Creates a job already claimed, unless its idempotency key is taken or a due job of one
+# of the names is queued (that one comes first): then it writes nothing.
+CREATE_STARTED = """
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return 'existing'
+end
+for _, name in ipairs(cjson.decode(ARGV[3])) do
+  if redis.call('ZCARD', ARGV[2] .. name) > 0 then
+    return 'queued'
+  end
+end
+if redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1)[1] then
+  return 'queued'
+end
+local qorder = redis.call('INCR', KEYS[7])
+redis.call('SET', KEYS[3], string.sub(ARGV[7], 1, -2) .. ',"qorder":' .. qorder .. '}')
+for i = 9, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[4], ARGV[i])
+  redis.call('PUBLISH', ARGV[8], ARGV[i + 1])
+end
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4])
+if KEYS[1] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[4])
+end
+return 'started'
 """
 
 
@@ -227,6 +262,7 @@ class RedisStore:
         self._claim = self._redis.register_script(CLAIM)
         self._cas = self._redis.register_script(CAS)
         self._get_job = self._redis.register_script(GET_JOB)
+        self._create_started = self._redis.register_script(CREATE_STARTED)
         self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
         self._listener: asyncio.Task[None] | None = None
@@ -329,14 +365,17 @@ class RedisStore:
         else:
             change.ops.append(lambda pipe: pipe.zadd(keys.queue(job.name), {job.id: qorder}))
 
+    def _message(self, event: Event) -> str:
+        """An event as published to the other processes."""
+        return _dumps({"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data})
+
     def _publish_in(self, pipe: Any, events: Sequence[Event]) -> None:
         """PUBLISH the events to the other processes inside the transaction that writes them.
 
         Subscribers get them once the transaction has run, and it costs no round trip of its own.
         """
         for event in events:
-            message = {"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data}
-            pipe.publish(self.keys.events_channel, _dumps(message))
+            pipe.publish(self.keys.events_channel, self._message(event))
 
     def _published(self, events: Sequence[Event]) -> None:
         """After the transaction: the same events to this process's own listeners."""
@@ -384,6 +423,29 @@ class RedisStore:
                     continue
                 self._published([event])
                 return job, True
+
+    async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
+        keys = self.keys
+        started = dataclasses.replace(job, last_seq=1, queue_position=0)  # nothing queued: it would be next
+        events = [Event(job.id, 1, *started.status_event())]
+        now = time.time()
+        started.start(worker, lease_s, now)
+        started.last_seq = 2
+        events.append(Event(job.id, 2, *started.status_event()))
+        idem = "" if job.idempotency_key is None else keys.idempotency(job.owner, job.idempotency_key)
+        assert started.lease_until is not None
+        args: list[str | float] = [now, keys.queue_prefix, _dumps(list(names)), job.id, job.created_at]
+        args += [started.lease_until, _dumps(job_record(started)), keys.events_channel]
+        for event in events:
+            args += [_dumps([event.type, event.data]), self._message(event)]
+        outcome = await self._create_started(
+            keys=[idem, keys.delayed, keys.job(job.id), keys.events(job.id), keys.leases, keys.jobs, keys.counter],
+            args=args,
+        )
+        if outcome != "started":  # a retry of a known key, or a due job first: as `create` does
+            return await self.create(job)
+        self._published(events)
+        return started, True
 
     async def get(self, job_id: str) -> Job | None:
         found = await self._get_job(keys=[self.keys.job(job_id), self.keys.leases], args=[self.keys.queue_prefix])
