@@ -220,7 +220,12 @@ class EventStream(Response):
 
 
 class _HangUp:
-    """Waits on `receive()` for `http.disconnect` without a coroutine of its own; then cancels `task`."""
+    """Watches for the client hanging up, then cancels `task`.
+
+    The watch is a task running the server's own `receive()`, re-armed by a
+    callback until it says `http.disconnect`: no coroutine of outlast's, no
+    task group.
+    """
 
     __slots__ = ("gone", "receive", "receiving", "task")
 
