@@ -319,6 +319,9 @@ class RedisStore:
                 op(commands)
             self._publish_in(commands, change.events)
             if await self._cas(keys=[key], args=[raw, _dumps(commands.written)]):
+                if job.is_terminal and change.events and change.events[-1].type == "status":
+                    # Waiters here take the ended job from its event instead of reading it back.
+                    change.events[-1] = dataclasses.replace(change.events[-1], job=dataclasses.replace(job))
                 self._published(change.events)
                 return job, change
 
@@ -409,7 +412,7 @@ class RedisStore:
                                 return existing, False
                     job.last_seq = 1
                     job.queue_position = position
-                    event = Event(job.id, 1, *job.status_event())
+                    event = Event(job.id, 1, *job.status_event(), job=dataclasses.replace(job))
                     pipe.multi()
                     pipe.set(keys.job(job.id), _dumps({**job_record(job), "qorder": qorder}))
                     pipe.rpush(keys.events(job.id), _dumps([event.type, event.data]))
@@ -426,12 +429,13 @@ class RedisStore:
 
     async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
         keys = self.keys
-        started = dataclasses.replace(job, last_seq=1, queue_position=0)  # nothing queued: it would be next
-        events = [Event(job.id, 1, *started.status_event())]
+        queued = dataclasses.replace(job, last_seq=1, queue_position=0)  # nothing queued: it would be next
+        events = [Event(job.id, 1, *queued.status_event(), job=queued)]
+        started = dataclasses.replace(queued)
         now = time.time()
         started.start(worker, lease_s, now)
         started.last_seq = 2
-        events.append(Event(job.id, 2, *started.status_event()))
+        events.append(Event(job.id, 2, *started.status_event(), job=dataclasses.replace(started)))
         idem = "" if job.idempotency_key is None else keys.idempotency(job.owner, job.idempotency_key)
         assert started.lease_until is not None
         args: list[str | float] = [now, keys.queue_prefix, _dumps(list(names)), job.id, job.created_at]
