@@ -320,6 +320,7 @@ async def measure_one(srv: Server, transport: str, n: int, idle_s: float = 0.0) 
         "rss_after_kb": after,
         "open_s": round(open_s, 2),
         "received": len(delays),
+        "min_ms": round(delays[0], 1) if delays else None,
         "p50_ms": round(percentile(delays, 50), 1) if delays else None,
         "p99_ms": round(percentile(delays, 99), 1) if delays else None,
         "max_ms": round(delays[-1], 1) if delays else None,
