@@ -151,7 +151,8 @@ def main() -> None:
             from bench import memory
 
             counts = (500,) if quick else (1000, 5000, 10000)
-            figures["memory"] = memory.measure(counts=counts)
+            figures["memory"] = memory.measure(transports=("sse",), counts=counts)
+            figures["memory"] += memory.measure(transports=("ws", "ws-plain"), counts=counts[:1])
         elif section == "requests":
             figures["requests"] = requests_per_job.run(jobs=1 if quick else 3, seconds=4 if quick else 8)
         elif section == "nodes":

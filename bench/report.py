@@ -278,7 +278,7 @@ def _memory(fig: dict[str, Any]) -> str:
                 r["server"],
                 f"{r['connections']:,}",
                 _f(r["kb_per_conn"]),
-                f"{_f(r.get('rss_before_mb'), 0)}, {_f(r.get('rss_after_mb'), 0)}",
+                f"{r['rss_before_kb'] / 1024:.0f}, {r['rss_after_kb'] / 1024:.0f}",
                 fan_out,
             ]
         )
