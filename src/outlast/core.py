@@ -305,9 +305,11 @@ class Outlast:
             if remaining <= 0 or not await listener.wait(remaining):
                 break
             lagged = listener.lagged
-            statuses = [event for event in listener.drain() if event.type == "status"]
-            if lagged or statuses:
-                published = None if lagged else statuses[-1].job
+            # Newer than the job in hand only: events of one job can arrive out of order (this
+            # process's own, published after its write returns, and other nodes', relayed).
+            fresh = [e for e in listener.drain() if e.type == "status" and (e.seq or 0) > job.last_seq]
+            if lagged or fresh:
+                published = None if lagged else max(fresh, key=lambda e: e.seq or 0).job
                 # A job published by this process is as its write left it: no need to read it back.
                 job = await self.get(job.id) if published is None else dataclasses.replace(published)
         return job

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from outlast import JobStatus, Outlast
-from outlast.jobs import Job
+from outlast.jobs import Event, Job, Outcome
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -75,3 +76,26 @@ async def test_a_job_started_at_once_can_be_canceled(app: App):
     await app.ot.cancel(job.id)
     held, _ = await submit
     assert held.status is JobStatus.CANCELED
+
+
+async def test_a_waiter_takes_the_newest_status_whatever_order_the_events_arrive_in() -> None:
+    """On Redis, another node's events (relayed, no job attached) can reach this process before
+    its own event of the job's creation (published once its write returns): the late `queued`
+    event must not win over the `succeeded` one heard before it."""
+    ot = Outlast(store="memory://", workers=0)
+
+    @ot.job()
+    async def note(label: str) -> str:
+        return label
+
+    async with ot.lifespan():
+        queued, _ = await ot.store.create(Job.new("note", {"label": "x"}, max_attempts=1, retention_s=60))
+        claimed = await ot.store.claim("elsewhere", ["note"], 30)
+        assert claimed is not None
+        await ot.store.finish(claimed.id, claimed.token, Outcome.succeeded("x"))
+        [_, _, ended] = await ot.store.events(queued.id)
+        with ot.store.hub.listen(queued.id) as listener:
+            ot.store.hub.publish(Event(queued.id, ended.seq, "status", ended.data))  # relayed: no job
+            ot.store.hub.publish(Event(queued.id, 1, "status", {"status": "queued"}, job=queued))  # late
+            job = await ot._until_terminal(listener, queued, time.monotonic() + 5)
+    assert job.status is JobStatus.SUCCEEDED and job.result == "x"
