@@ -165,8 +165,15 @@ def main() -> None:
 
     json_path = out / "benchmarks.json"
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
-    if set(sections) != set(SECTIONS):  # a partial run keeps the other sections' figures
-        figures = {**previous, **figures, "seconds": {**previous.get("seconds", {}), **timings}}
+    commit = figures["about"]["commit"]
+    figures["measured_at"] = dict.fromkeys(sections, commit)
+    if set(sections) != set(SECTIONS):  # a partial run keeps the other sections' figures, and says so
+        figures = {
+            **previous,
+            **{k: v for k, v in figures.items() if k != "about"},
+            "seconds": {**previous.get("seconds", {}), **timings},
+            "measured_at": {**previous.get("measured_at", {}), **figures["measured_at"]},
+        }
     json_path.write_text(json.dumps(figures, indent=1) + "\n")
     write(figures, out / "benchmarks.md")
     print(f"wrote {json_path} and {out / 'benchmarks.md'}")

@@ -104,9 +104,9 @@ def targets(fig: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 )
             )
     notify_rows = fig.get("notify", {}).get("rows", [])
-    for transport, name in (("sse", "SSE"), ("ws", "WebSocket")):
+    for name in ("SSE", "WebSocket"):
         for row in notify_rows:
-            if row["transport"] == transport and row["server"] == "outlast":
+            if row["transport"] == name and row["server"] == "outlast":
                 holds = row["p99_ms"] is not None and row["p99_ms"] <= 10 and row["received"] == row["clients"]
                 found.append(
                     (
@@ -128,10 +128,12 @@ def _about(fig: dict[str, Any]) -> str:
     peer = f"; the peer: Celery {a['peer']['celery']}, Flower {a['peer']['flower']}" if a.get("peer") else ""
     dirty = " with uncommitted changes" if a.get("dirty") else ""
     took = sum(fig.get("seconds", {}).values())
+    later = {s: c for s, c in fig.get("measured_at", {}).items() if c != a["commit"]}
+    again = "".join(f" The `{s}` section was measured again at commit `{c}`." for s, c in later.items())
     return (
         f"Measured {a['date']} at commit `{a['commit']}`{dirty}, in {took / 60:.0f} minutes, on {a['machine']}; "
         f"Linux {a['kernel']}, SQLite {a['sqlite']}, Redis {a['redis_server']}, {a['wrk'] or 'no wrk'}; "
-        f"{packages}{peer}."
+        f"{packages}{peer}.{again}"
     )
 
 

@@ -35,9 +35,9 @@ def test_targets_are_judged_from_the_figures() -> None:
         ],
         "notify": {
             "rows": [
-                {"transport": "sse", "server": "outlast", "clients": 1000, "received": 1000, "p99_ms": 9.0}
+                {"transport": "SSE", "server": "outlast", "clients": 1000, "received": 1000, "p99_ms": 9.0}
                 | {"ending": "1 every 20 ms"},
-                {"transport": "ws", "server": "outlast", "clients": 1000, "received": 999, "p99_ms": 5.0}
+                {"transport": "WebSocket", "server": "outlast", "clients": 1000, "received": 999, "p99_ms": 5.0}
                 | {"ending": "1 every 20 ms"},
             ]
         },
