@@ -35,6 +35,16 @@ from outlast.deliveries import PENDING, Delivery, deliveries_for
 from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, job_from_record, job_record, lose_worker
+from outlast.stores._redis_layout import (
+    CAS,
+    CLAIM,
+    CLAIM_DELIVERIES,
+    CREATE_STARTED,
+    GET_JOB,
+    Commands,
+    Keys,
+    dumps,
+)
 from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
 
 try:
@@ -55,180 +65,6 @@ PROMOTE_BATCH = 100
 STALE_POPS = 16  # stale queue entries one claim skips before it gives up for this poll
 SOCKET_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 15.0
-
-# KEYS[1] delayed, KEYS[2] leases; ARGV: now, lease_until, queue key prefix, names...
-# Moves due retries back to their queues, then pops the first job of the first
-# non-empty queue and leases it.
-CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, member in ipairs(due) do
-  local a = string.find(member, '\\n', 1, true)
-  local b = string.find(member, '\\n', a + 1, true)
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('ZADD', ARGV[3] .. string.sub(member, 1, a - 1), string.sub(member, a + 1, b - 1),
-             string.sub(member, b + 1))
-end
-for i = 4, #ARGV do
-  local popped = redis.call('ZPOPMIN', ARGV[3] .. ARGV[i])
-  if popped[1] then
-    redis.call('ZADD', KEYS[2], ARGV[2], popped[1])
-    return popped[1]
-  end
-end
-return false
-"""
-
-
-# KEYS[1] the due deliveries; ARGV: now, lease_until, limit. Takes the due ones and
-# makes them due again at lease_until (a sender that crashes is retried then).
-CLAIM_DELIVERIES = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(due) do
-  redis.call('ZADD', KEYS[1], ARGV[2], id)
-end
-return due
-"""
-
-
-# KEYS[1] a job; ARGV[1] its record as read, ARGV[2] a JSON array of commands (strings).
-# Compare-and-set: runs the commands only if the job is still what was read.
-CAS = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
-end
-for _, command in ipairs(cjson.decode(ARGV[2])) do
-  redis.call(unpack(command))
-end
-return 1
-"""
-
-
-# KEYS[1] a job, KEYS[2] the leases; ARGV[1] the queue key prefix. The job's record, with
-# its place in its queue if it is queued, or its lease's end if it is running: one round trip.
-GET_JOB = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then
-  return false
-end
-local job = cjson.decode(raw)
-local extra = false
-if job.status == 'queued' then
-  extra = redis.call('ZRANK', ARGV[1] .. job.name, job.id)
-elseif job.status == 'running' then
-  extra = redis.call('ZSCORE', KEYS[2], job.id)
-end
-return {raw, extra}
-"""
-
-
-# KEYS[1] the idempotency key ('' if none), KEYS[2] delayed, KEYS[3] the job, KEYS[4] its
-# events, KEYS[5] leases, KEYS[6] the jobs index, KEYS[7] the queue order counter.
-# ARGV[1] now, ARGV[2] queue key prefix, ARGV[3] the names (JSON), ARGV[4] the job's id,
-# ARGV[5] its created_at, ARGV[6] its lease's end, ARGV[7] its record as started (without
-# qorder), ARGV[8] the events channel, ARGV[9...] pairs of (event, message).
-# Creates a job already claimed, unless its idempotency key is taken or a due job of one
-# of the names is queued (that one comes first): then it writes nothing.
-CREATE_STARTED = """
-if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return 'existing'
-end
-for _, name in ipairs(cjson.decode(ARGV[3])) do
-  if redis.call('ZCARD', ARGV[2] .. name) > 0 then
-    return 'queued'
-  end
-end
-if redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1)[1] then
-  return 'queued'
-end
-local qorder = redis.call('INCR', KEYS[7])
-redis.call('SET', KEYS[3], string.sub(ARGV[7], 1, -2) .. ',"qorder":' .. qorder .. '}')
-for i = 9, #ARGV, 2 do
-  redis.call('RPUSH', KEYS[4], ARGV[i])
-  redis.call('PUBLISH', ARGV[8], ARGV[i + 1])
-end
-redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
-redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4])
-if KEYS[1] ~= '' then
-  redis.call('SET', KEYS[1], ARGV[4])
-end
-return 'started'
-"""
-
-
-class Keys:
-    """Every key and channel, in one place."""
-
-    def __init__(self, namespace: str) -> None:
-        self.prefix = f"outlast:{namespace}:"
-        p = self.prefix
-        self.counter = p + "qorder"
-        self.queue_prefix = p + "queue:"
-        self.delayed = p + "delayed"
-        self.leases = p + "leases"
-        self.jobs = p + "jobs"
-        self.expiry = p + "expiry"
-        self.deliveries_due = p + "deliveries"
-        self.settings = p + "settings"
-        self.events_channel = p + "events"
-        self.cancel_channel = p + "cancel"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
-
-    def events(self, job_id: str) -> str:
-        return f"{self.prefix}events:{job_id}"
-
-    def delivery(self, delivery_id: str) -> str:
-        return f"{self.prefix}delivery:{delivery_id}"
-
-    def job_deliveries(self, job_id: str) -> str:
-        return f"{self.prefix}job-deliveries:{job_id}"
-
-    def queue(self, name: str) -> str:
-        return self.queue_prefix + name
-
-    def idempotency(self, owner: str | None, key: str) -> str:
-        return f"{self.prefix}idem:{owner or ''}:{key}"
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-class _Commands:
-    """The writes of one change, recorded for the compare-and-set script (`CAS`).
-
-    It answers the pipeline methods the changes use, so the same code writes
-    through either; every argument becomes a string here, so numbers reach
-    Redis exactly as Python prints them (Lua would round them to 14 digits).
-    """
-
-    def __init__(self) -> None:
-        self.written: list[list[str]] = []
-
-    def _add(self, *command: Any) -> None:
-        self.written.append([str(part) for part in command])
-
-    def set(self, key: str, value: str) -> None:
-        self._add("SET", key, value)
-
-    def rpush(self, key: str, *values: str) -> None:
-        self._add("RPUSH", key, *values)
-
-    def zadd(self, key: str, mapping: Mapping[str, float]) -> None:
-        self._add("ZADD", key, *itertools.chain.from_iterable((repr(float(s)), m) for m, s in mapping.items()))
-
-    def zrem(self, key: str, *members: str) -> None:
-        self._add("ZREM", key, *members)
-
-    def expireat(self, key: str, when: int) -> None:
-        self._add("EXPIREAT", key, int(when))
-
-    def publish(self, channel: str, message: str) -> None:
-        self._add("PUBLISH", channel, message)
-
-    def delete(self, *keys: str) -> None:
-        self._add("DEL", *keys)
 
 
 class _Change:
@@ -311,14 +147,14 @@ class RedisStore:
             job = job_from_record(record)
             if not apply(job, change):
                 return job, change
-            commands = _Commands()
-            commands.set(key, _dumps({**job_record(job), "qorder": record.get("qorder")}))
+            commands = Commands()
+            commands.set(key, dumps({**job_record(job), "qorder": record.get("qorder")}))
             for event in change.events:
-                commands.rpush(self.keys.events(job_id), _dumps([event.type, event.data]))
+                commands.rpush(self.keys.events(job_id), dumps([event.type, event.data]))
             for op in change.ops:
                 op(commands)
             self._publish_in(commands, change.events)
-            if await self._cas(keys=[key], args=[raw, _dumps(commands.written)]):
+            if await self._cas(keys=[key], args=[raw, dumps(commands.written)]):
                 if job.is_terminal and change.events and change.events[-1].type == "status":
                     # Waiters here take the ended job from its event instead of reading it back.
                     change.events[-1] = dataclasses.replace(change.events[-1], job=dataclasses.replace(job))
@@ -333,7 +169,7 @@ class RedisStore:
 
     def _put_delivery(self, pipe: Any, *, delivery: Delivery, new: bool = False) -> None:
         keys = self.keys
-        pipe.set(keys.delivery(delivery.id), _dumps(delivery.to_record()))
+        pipe.set(keys.delivery(delivery.id), dumps(delivery.to_record()))
         if delivery.state == PENDING:
             pipe.zadd(keys.deliveries_due, {delivery.id: delivery.next_at})
         else:
@@ -370,7 +206,7 @@ class RedisStore:
 
     def _message(self, event: Event) -> str:
         """An event as published to the other processes."""
-        return _dumps({"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data})
+        return dumps({"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data})
 
     def _publish_in(self, pipe: Any, events: Sequence[Event]) -> None:
         """PUBLISH the events to the other processes inside the transaction that writes them.
@@ -414,8 +250,8 @@ class RedisStore:
                     job.queue_position = position
                     event = Event(job.id, 1, *job.status_event(), job=dataclasses.replace(job))
                     pipe.multi()
-                    pipe.set(keys.job(job.id), _dumps({**job_record(job), "qorder": qorder}))
-                    pipe.rpush(keys.events(job.id), _dumps([event.type, event.data]))
+                    pipe.set(keys.job(job.id), dumps({**job_record(job), "qorder": qorder}))
+                    pipe.rpush(keys.events(job.id), dumps([event.type, event.data]))
                     pipe.zadd(keys.queue(job.name), {job.id: qorder})
                     pipe.zadd(keys.jobs, {job.id: job.created_at})
                     if idem is not None:
@@ -438,10 +274,10 @@ class RedisStore:
         events.append(Event(job.id, 2, *started.status_event(), job=dataclasses.replace(started)))
         idem = "" if job.idempotency_key is None else keys.idempotency(job.owner, job.idempotency_key)
         assert started.lease_until is not None
-        args: list[str | float] = [now, keys.queue_prefix, _dumps(list(names)), job.id, job.created_at]
-        args += [started.lease_until, _dumps(job_record(started)), keys.events_channel]
+        args: list[str | float] = [now, keys.queue_prefix, dumps(list(names)), job.id, job.created_at]
+        args += [started.lease_until, dumps(job_record(started)), keys.events_channel]
         for event in events:
-            args += [_dumps([event.type, event.data]), self._message(event)]
+            args += [dumps([event.type, event.data]), self._message(event)]
         outcome = await self._create_started(
             keys=[idem, keys.delayed, keys.job(job.id), keys.events(job.id), keys.leases, keys.jobs, keys.counter],
             args=args,
