@@ -76,12 +76,18 @@ def server(args: list[str], log: Path, *, port_flag: bool = True, ready_s: float
             _wait_for_port(proc, port, ready_s, log)
         yield Server(f"http://127.0.0.1:{port}", proc.pid, log)
     finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 20) -> None:
+    """SIGTERM, and SIGKILL if the process is still there after `grace_s`."""
+    if proc.poll() is None:
         proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_for_port(proc: subprocess.Popen[bytes], port: int, ready_s: float, log: Path) -> None:

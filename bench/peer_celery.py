@@ -70,7 +70,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import redis
 
-from bench._servers import CLOCK_TICKS, ROOT, free_port, machine, percentile
+from bench._servers import CLOCK_TICKS, ROOT, free_port, machine, percentile, stop
 
 REQUIREMENTS: list[str] = ["celery[redis]>=5.4", "flower>=2.0"]
 VENV: Path = ROOT / ".bench" / "celery-venv"
@@ -272,13 +272,7 @@ def _wait_ready(peer: Peer, procs: list[subprocess.Popen[bytes]], tmp: Path) -> 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (a warm shutdown for the worker), then SIGKILL to the whole session if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # pool processes left behind by a dead parent
 

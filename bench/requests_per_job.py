@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from bench._servers import free_port, stop
 from bench.counting_app import COUNTS_PATH
 from outlast.client import AsyncClient, Mode
 
@@ -37,13 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRANSPORTS: tuple[Mode, ...] = ("sse", "ws", "long-poll", "poll")
 TERMINAL = ("succeeded", "failed", "canceled")
 TIMES = "\N{MULTIPLICATION SIGN}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -70,12 +63,7 @@ def counting_server(store: str, log: Path) -> Iterator[str]:
             time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 async def counts(http: httpx.AsyncClient, url: str) -> dict[str, int]:

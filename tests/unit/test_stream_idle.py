@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,17 +14,6 @@ from outlast.streams import follow, sse_bytes
 pytestmark = pytest.mark.timeout(20)
 
 HEARTBEAT_S = 0.05
-
-
-@pytest.fixture
-async def ot() -> AsyncIterator[Outlast]:
-    ot = Outlast(store="memory://", workers=0)
-
-    @ot.job()
-    async def work() -> None: ...
-
-    async with ot.lifespan():
-        yield ot
 
 
 async def until_listeners(ot: Outlast, count: int) -> None:

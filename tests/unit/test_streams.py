@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,17 +11,6 @@ from outlast.jobs import Event, Outcome
 from outlast.streams import follow
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def ot() -> AsyncIterator[Outlast]:
-    ot = Outlast(store="memory://", workers=0)
-
-    @ot.job()
-    async def work() -> None: ...
-
-    async with ot.lifespan():
-        yield ot
 
 
 async def collect(ot: Outlast, job_id: str, after: int = 0, until_seq: int | None = None) -> list[Event]:
