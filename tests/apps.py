@@ -9,7 +9,7 @@ from typing import Any
 
 from outlast import JobContext, JobError, Outlast, RetryableError
 
-ot = Outlast(store="memory://")
+ot = Outlast(store="memory://", dashboard=True)  # the tests list jobs without API keys
 
 
 @ot.job()

@@ -42,6 +42,7 @@ SETTING_FLAGS: dict[str, type] = {
     "workers": int,
     "lease": float,
     "max_attempts": int,
+    "dashboard": bool,
 }
 
 
@@ -50,7 +51,10 @@ def setting_options(fn: F) -> F:
     for name, kind in reversed(SETTING_FLAGS.items()):
         field = Settings.model_fields[name]
         help_text = f"{field.description} [env: OUTLAST_{name.upper()}; default: {field.default}]"
-        fn = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=help_text)(fn)
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            flag = f"{flag}/--no-{name.replace('_', '-')}"
+        fn = click.option(flag, name, type=kind, default=None, help=help_text)(fn)
     return fn
 
 

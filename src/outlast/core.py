@@ -340,17 +340,17 @@ class Outlast:
 
     # -- the web edge ------------------------------------------------------------------
 
-    def app(self, *, dashboard: bool = True, fallback: ASGIApp | None = None, **starlette_options: Any) -> Starlette:
+    def app(self, *, fallback: ASGIApp | None = None, **starlette_options: Any) -> Starlette:
         """An ASGI app serving the protocol's routes, which starts and stops outlast.
 
-        With `dashboard`, `GET /` serves a page that lists jobs live and submits
-        them. `fallback` serves every other path: e.g. a Flask app through
-        `a2wsgi.WSGIMiddleware` (see `outlast.flask`).
+        With the `dashboard` setting on, `GET /` serves a page that lists jobs
+        live and submits them. `fallback` serves every other path: e.g. a Flask
+        app through `a2wsgi.WSGIMiddleware` (see `outlast.flask`).
         """
         from outlast.http import build_app
 
         self._app_built = True
-        return build_app(self, dashboard=dashboard, fallback=fallback, **starlette_options)
+        return build_app(self, fallback=fallback, **starlette_options)
 
     def mount(self, app: ASGIApp, path: str = "") -> None:
         """Add the protocol's routes (under `path`) to an existing Starlette or FastAPI app."""

@@ -53,6 +53,7 @@ def run_demo(target: str, *, port: int, api_port: int, timeout_s: float, store: 
     command = [sys.executable, "-m", "outlast", "serve", target, "--port", str(api_port), "--store", store]
     margin_s = 4.0 if timeout_s > 8 else timeout_s / 3  # the hold stays well under the gateway's timeout
     command += ["--gateway-timeout", f"{timeout_s:g}", "--margin", f"{margin_s:g}", "--log-level", "warning"]
+    command += ["--dashboard"]  # the page and its live list of every job: fine on 127.0.0.1, not in production
     server = subprocess.Popen(command)  # noqa: S603 (our own interpreter and arguments)
     try:
         _wait_ready(server, api)

@@ -127,6 +127,14 @@ class Edge:
         """Who asks (401/403 problems when auth is on and the key is missing or unknown)."""
         return self.ot.keys.owner(request.headers)
 
+    def lister(self, request: Request) -> str | None:
+        """Who asks for a list of jobs: a key sees its own; without keys, only the `dashboard` setting opens lists."""
+        owner = self.owner(request)
+        if owner is None and not self.ot.settings.dashboard:
+            detail = "listing jobs is off: use API keys (each key lists its own jobs) or turn the dashboard setting on"
+            raise HTTPProblem(403, detail, type="listing_disabled")
+        return owner
+
     async def job(self, request: Request) -> Response:
         """`POST /jobs/{name}`, `GET /jobs/{id}`, `DELETE /jobs/{id}`."""
         key = request.path_params["key"]
@@ -207,6 +215,7 @@ class Edge:
         return Response(status_code=204)
 
     async def list_jobs(self, request: Request) -> Response:
+        owner = self.lister(request)
         raw_status = request.query_params.get("status")
         try:
             status = None if raw_status is None else JobStatus(raw_status)
@@ -215,7 +224,7 @@ class Edge:
             raise HTTPProblem(400, f"status must be one of {choices}", type="bad_request") from None
         page = await self.ot.list_jobs(
             status=status,
-            owner=self.owner(request),
+            owner=owner,
             name=request.query_params.get("name"),
             limit=int_param(request, "limit", 50, 1, MAX_LIST_LIMIT),
             cursor=request.query_params.get("cursor") or None,
@@ -226,7 +235,7 @@ class Edge:
         return await streams.job_events(self.ot, request, await self.load(request))
 
     async def status_events(self, request: Request) -> Response:
-        return await streams.status_events(self.ot, request, self.owner(request))
+        return await streams.status_events(self.ot, request, self.lister(request))
 
     async def websocket(self, websocket: WebSocket) -> None:
         from outlast.ws import websocket_endpoint  # ws builds on this module's job_json
@@ -252,6 +261,8 @@ class Edge:
     async def openapi(self, request: Request) -> Response:
         from outlast.openapi import document
 
+        if not self.ot.settings.openapi_public:
+            self.owner(request)  # it names every job and its input: behind the key, when there are keys
         return JSONResponse(document(self.ot))
 
     async def metrics(self, request: Request) -> Response:
@@ -279,16 +290,14 @@ async def _dashboard(request: Request) -> Response:
     return FileResponse(DASHBOARD, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
 
-def build_app(
-    ot: Outlast, *, dashboard: bool = True, fallback: ASGIApp | None = None, **starlette_options: Any
-) -> Starlette:
+def build_app(ot: Outlast, *, fallback: ASGIApp | None = None, **starlette_options: Any) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with ot.lifespan():
             yield
 
     routes = [*Edge(ot).routes(), *ot.routes]
-    if dashboard:
+    if ot.settings.dashboard:
         routes.append(Route("/", _dashboard, methods=["GET"]))
     if fallback is not None:
         routes.append(Mount("/", app=fallback))

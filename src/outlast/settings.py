@@ -49,6 +49,11 @@ class Settings(BaseModel):
     signing_key: str | None = None
     artifacts: str = "./outlast-artifacts"
     api_keys: tuple[str, ...] = ()
+    dashboard: bool = Field(
+        False,
+        description="without API keys, list every job (GET /jobs, GET /events) and serve the page at /",
+    )
+    openapi_public: bool = Field(False, description="with API keys, serve /openapi.json without a key")
 
     @field_validator("webhook_allow", "api_keys", "webhook_backoff", mode="before")
     @classmethod

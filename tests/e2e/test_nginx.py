@@ -160,7 +160,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     store = f"{REDIS_URL}?namespace={namespace}"
     tmp = tmp_path_factory.mktemp("nginx")
     settings = {"store": store, "gateway_timeout": GATEWAY_TIMEOUT, "margin": MARGIN, "max_body": MAX_BODY}
-    nodes = [Server(tmp, APP, {**settings, "workers": 0}) for _ in range(2)]
+    nodes = [Server(tmp, APP, {**settings, "workers": 0, "dashboard": True}) for _ in range(2)]
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in {**settings, "workers": 4}.items()]
     worker = Process(["worker", APP, *flags], tmp / "worker.log")
     nginx = Nginx(tmp / "nginx", [node.port for node in nodes])

@@ -26,7 +26,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 @pytest.fixture
 def server(serve: Any) -> Any:
-    return serve("examples.app:ot")
+    return serve("examples.app:ot", dashboard=True)
 
 
 @pytest.fixture

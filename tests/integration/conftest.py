@@ -29,7 +29,11 @@ def free_port() -> int:
 def _flags(settings: dict[str, Any]) -> list[str]:
     flags = []
     for name, value in settings.items():
-        flags += [f"--{name.replace('_', '-')}", str(value)]
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):  # a switch: --dashboard / --no-dashboard
+            flags.append(flag if value else f"--no-{name.replace('_', '-')}")
+        else:
+            flags += [flag, str(value)]
     return flags
 
 

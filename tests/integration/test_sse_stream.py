@@ -39,7 +39,7 @@ class Served:
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    ot = Outlast(store="memory://", workers=0)
+    ot = Outlast(store="memory://", workers=0, dashboard=True)
 
     @ot.job()
     async def work() -> None: ...

@@ -38,7 +38,7 @@ async def example(request: pytest.FixtureRequest) -> AsyncIterator[tuple[httpx.A
 
 def started(ot: Outlast) -> contextlib.AbstractAsyncContextManager[Outlast]:
     # configure() refuses while outlast runs; each test starts it afresh after this.
-    ot.configure(store="memory://", gateway_timeout=3, margin=1)
+    ot.configure(store="memory://", gateway_timeout=3, margin=1, dashboard=True)
     assert ot.settings.hold_s == HOLD_S
     return ot.lifespan()
 

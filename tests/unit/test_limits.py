@@ -20,7 +20,7 @@ async def served(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def served_with(**settings: Any) -> AsyncIterator[tuple[Outlast, httpx.AsyncClient]]:
-    ot = Outlast(store="memory://", workers=0, **settings)
+    ot = Outlast(store="memory://", workers=0, dashboard=True, **settings)
 
     @ot.job()
     async def work() -> None: ...

@@ -65,7 +65,7 @@ def test_signatures_verify_with_the_reference_library():
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    ot = Outlast(store="memory://", workers=0)
+    ot = Outlast(store="memory://", workers=0, dashboard=True)
 
     @ot.job()
     async def noop() -> None: ...
