@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from outlast.problems import HTTPProblem
+from outlast.exceptions import Forbidden, Unauthorized
 
 OWNER_HEX = 24
 
@@ -29,22 +29,20 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._digests)
 
-    def owner(self, headers: Mapping[str, str]) -> str | None:
-        """The owner for a request's `Authorization`; None when auth is off.
+    def owner(self, authorization: str | None) -> str | None:
+        """The owner for a request's `Authorization` header; None when auth is off.
 
-        Raises a 401 problem without a Bearer key and a 403 one for an unknown key.
+        Raises `Unauthorized` without a Bearer key and `Forbidden` for an unknown key.
         """
         if not self.enabled:
             return None
-        scheme, _, key = headers.get("authorization", "").partition(" ")
+        scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise HTTPProblem(
-                401, "send Authorization: Bearer <key>", type="unauthorized", headers={"WWW-Authenticate": "Bearer"}
-            )
+            raise Unauthorized("send Authorization: Bearer <key>")
         presented = _digest(key.strip())
         found = False
         for digest in self._digests:  # every digest is compared: the time says nothing
             found |= hmac.compare_digest(presented, digest)
         if not found:
-            raise HTTPProblem(403, "this key is not known", type="forbidden")
+            raise Forbidden("this key is not known")
         return presented.hex()[:OWNER_HEX]

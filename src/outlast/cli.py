@@ -20,13 +20,13 @@ import uvicorn
 from outlast.client import cli as client_cli
 from outlast.core import Outlast
 from outlast.exceptions import ConfigError, OutlastError
-from outlast.http import find_outlast
 from outlast.jobs import JobStatus
 from outlast.runner import JOB_THREAD_PREFIX
 from outlast.settings import Settings
 from outlast.stores import JobStore, ListQuery, open_store
 from outlast.stores._sqlite_db import path_from_url
 from outlast.stores.base import MAX_LIST_LIMIT
+from outlast.web.http import find_outlast
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -218,13 +218,15 @@ def gateway(upstream: str, timeout_s: float, host: str, port: int, ws_idle_s: fl
       outlast serve examples.app:ot --port 8001 &
       outlast gateway --upstream http://127.0.0.1:8001 --timeout 29 --port 8000
     """
-    from outlast.gateway import serve as serve_gateway
+    from outlast.devtools.gateway import serve as serve_gateway
 
     serve_gateway(upstream, host=host, port=port, timeout_s=timeout_s, ws_idle_s=ws_idle_s, ws_max_s=ws_max_s)
 
 
 @main.command()
-@click.option("--app", "target", default="examples.app:ot", show_default=True, help="The app to serve, MODULE:ATTR.")
+@click.option(
+    "--app", "target", default="outlast.devtools.demo_app:ot", show_default=True, help="The app to serve, MODULE:ATTR."
+)
 @click.option("--port", type=int, default=8000, show_default=True, help="The gateway's port (where you point curl).")
 @click.option("--api-port", type=int, default=8001, show_default=True, help="The app's own port, behind the gateway.")
 @click.option("--timeout", "timeout_s", type=float, default=29.0, show_default=True, help="The gateway's timeout, s.")
@@ -235,7 +237,7 @@ def demo(target: str, port: int, api_port: int, timeout_s: float, store: str) ->
     Serves MODULE:ATTR on --api-port (embedded workers, SQLite) and a gateway
     with a hard --timeout on --port, and prints what to try.
     """
-    from outlast.demo import run_demo
+    from outlast.devtools.demo import run_demo
 
     run_demo(target, port=port, api_port=api_port, timeout_s=timeout_s, store=store)
 

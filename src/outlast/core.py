@@ -9,13 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from outlast.admission import Admission
 from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
 from outlast.auth import ApiKeys
 from outlast.deliveries import DEFAULT_EVENTS
-from outlast.exceptions import ConfigError, JobNotFound, QueueFull, RateLimited, UnknownJobName
+from outlast.exceptions import ConfigError, JobNotFound, QueueFull, UnknownJobName
 from outlast.hub import Listener
 from outlast.jobs import Job, JobStatus
-from outlast.limits import SubmitRate
 from outlast.metrics import Metrics
 from outlast.positions import PositionTracker
 from outlast.registry import JobDefinition
@@ -55,7 +55,7 @@ class Outlast:
         # Where the protocol's routes are, relative to the app's root.
         self.mount_path = ""
         self.keys = ApiKeys(self.settings.api_keys)
-        self._rate: SubmitRate | None = None
+        self.admission = Admission(self)
         self._app_built = False
         self.metrics = Metrics()
         self._store: JobStore | None = None
@@ -145,6 +145,7 @@ class Outlast:
             self._started += 1
             return
         self.keys = ApiKeys(self.settings.api_keys)
+        self.admission = Admission(self)  # fresh submit rates for each run
         store = open_store(self.settings.store)
         await store.open()
         self._loop = asyncio.get_running_loop()
@@ -275,13 +276,6 @@ class Outlast:
             self.metrics.submitted.labels(job.name).inc()
         return stored, created
 
-    def check_rate(self, who: str) -> None:
-        """`RateLimited` when `who` (an API key's owner, or a client address) submits too fast."""
-        if self._rate is None or self._rate.rate != self.settings.submit_rate:
-            self._rate = None if self.settings.submit_rate is None else SubmitRate(self.settings.submit_rate)
-        if self._rate is not None and (wait_s := self._rate.take(who)) is not None:
-            raise RateLimited(f"at most {self._rate.rate:g} submits a second; slow down", retry_after_s=wait_s)
-
     async def get(self, job_id: str, *, owner: str | None = None) -> Job:
         """The job; `JobNotFound` if there is none, or (with `owner`) if it is someone else's."""
         job = await self.store.get(job_id)
@@ -347,14 +341,14 @@ class Outlast:
         live and submits them. `fallback` serves every other path: e.g. a Flask
         app through `a2wsgi.WSGIMiddleware` (see `outlast.flask`).
         """
-        from outlast.http import build_app
+        from outlast.web.http import build_app
 
         self._app_built = True
         return build_app(self, fallback=fallback, **starlette_options)
 
     def mount(self, app: ASGIApp, path: str = "") -> None:
         """Add the protocol's routes (under `path`) to an existing Starlette or FastAPI app."""
-        from outlast.http import mount
+        from outlast.web.http import mount
 
         mount(self, app, path)
 
@@ -372,7 +366,7 @@ class Outlast:
         With `path`, the route is added to `ot.app()`; without, decorate an
         endpoint of your own Starlette or FastAPI app.
         """
-        from outlast.long_running import long_running
+        from outlast.web.long_running import long_running
 
         if path is not None and self._app_built:
             raise ConfigError("declare long-running routes before calling ot.app(): it serves the routes it knew")

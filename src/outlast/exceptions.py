@@ -11,11 +11,15 @@
     ├── JobNotFinished           an operation that needs a terminal job
     ├── QueueFull                the queue cannot take another job now
     ├── RateLimited              the caller submits faster than allowed
+    ├── Unauthorized             no API key where one is needed
+    ├── Forbidden                the API key is not known
+    │   └── ListingDisabled      lists of jobs are off (no API keys, no dashboard)
     └── JobError                 raised by a job's code to fail with a chosen problem
         ├── RetryableError       ... or to be tried again, with backoff
         └── Cancelled            the job stops because cancellation was asked for
 
-The edge maps each of them to its HTTP problem in one place (`outlast.problems`).
+The web edge maps each of them to its problem, for HTTP and the WebSocket
+alike, in one place (`outlast.web.problems`).
 """
 
 from __future__ import annotations
@@ -84,6 +88,18 @@ class RateLimited(OutlastError):
     def __init__(self, message: str | None = None, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Unauthorized(OutlastError):
+    """Send `Authorization: Bearer <key>`: this server needs an API key."""
+
+
+class Forbidden(OutlastError):
+    """This API key is not known."""
+
+
+class ListingDisabled(Forbidden):
+    """Listing jobs is off: use API keys (each key lists its own jobs) or turn the dashboard setting on."""
 
 
 class JobError(OutlastError):

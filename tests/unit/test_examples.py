@@ -15,6 +15,7 @@ import httpx
 import pytest
 from examples import app as plain_example
 from examples import fastapi_app as fastapi_example
+from examples import flask_app as flask_example
 
 from outlast import Outlast
 
@@ -26,6 +27,7 @@ HOLD_S = 2.0
 EXAMPLES = {
     "outlast-app": (plain_example.ot, plain_example.app, "/payload"),
     "fastapi-app": (fastapi_example.ot, fastapi_example.app, "/slow"),
+    "flask-app": (flask_example.ot, flask_example.app, "/payload"),
 }
 
 
@@ -36,9 +38,12 @@ async def example(request: pytest.FixtureRequest) -> AsyncIterator[tuple[httpx.A
         yield client, path
 
 
-def started(ot: Outlast) -> contextlib.AbstractAsyncContextManager[Outlast]:
+def started(ot: Outlast, **settings: Any) -> contextlib.AbstractAsyncContextManager[Outlast]:
     # configure() refuses while outlast runs; each test starts it afresh after this.
-    ot.configure(store="memory://", gateway_timeout=3, margin=1, dashboard=True)
+    # (configure() can't unset a setting: a rate no test reaches stands for none)
+    ot.configure(
+        **{"store": "memory://", "gateway_timeout": 3, "margin": 1, "dashboard": True, "submit_rate": 1e6, **settings}
+    )
     assert ot.settings.hold_s == HOLD_S
     return ot.lifespan()
 
@@ -94,7 +99,7 @@ async def test_respond_async_answers_202_with_location(example):
 
 async def test_invalid_input_is_422_before_any_job(example):
     client, path = example
-    response = await client.get(path, params={"delay": -1})
+    response = await client.get(path, params={"delay": "soon"})
     assert response.status_code == 422
     listed = await client.get("/jobs")
     assert listed.json() == {"jobs": [], "next": None}
@@ -130,3 +135,32 @@ async def test_fastapi_plain_endpoint_is_untouched():
         assert response.status_code == 200
         assert response.json() == {"hello": "you"}
         assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+async def test_every_kind_of_route_admits_alike(name: str):
+    """Starlette, FastAPI and Flask routes: the same rate limit, key check and HEAD answer."""
+    ot, app, path = EXAMPLES[name]
+    async with started(ot, submit_rate=0.5), client_of(app) as client:
+        statuses = [(await client.get(path, params={"delay": 0})).status_code for _ in range(3)]
+        assert statuses == [200, 429, 429]
+        limited = await client.get(path, params={"delay": 0})
+        assert limited.headers["content-type"] == "application/problem+json"
+        assert limited.json()["type"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+
+    async with started(ot), client_of(app) as client:
+        too_long = await client.get(path, params={"delay": 0}, headers={"Idempotency-Key": "k" * 400})
+        assert too_long.status_code == 400
+        assert too_long.headers["content-type"] == "application/problem+json"
+        assert too_long.json()["type"] == "bad_request"
+
+        head = await client.head(path, params={"delay": 0})
+        assert head.status_code == 405
+        assert (await client.get("/jobs")).json()["jobs"] == []  # neither started a job
+
+
+async def test_flask_plain_view_is_untouched():
+    async with started(flask_example.ot), client_of(flask_example.app) as client:
+        response = await client.get("/hello")
+        assert response.json() == {"hello": "from Flask"}

@@ -9,7 +9,7 @@ import pytest
 
 from outlast import Outlast
 from outlast.jobs import Event, Outcome
-from outlast.streams import follow, sse_bytes
+from outlast.web.streams import follow, sse_bytes
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -8,7 +8,7 @@ import pytest
 
 from outlast import Outlast
 from outlast.jobs import Event, Outcome
-from outlast.streams import follow
+from outlast.web.streams import follow
 
 pytestmark = pytest.mark.timeout(20)
 

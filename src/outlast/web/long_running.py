@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.requests import Request
 from starlette.routing import Route
 
-from outlast.http import accepted, caller, hold, see_other, terminal_result
+from outlast.admission import Caller
 from outlast.jobs import JobStatus
-from outlast.prefer import idempotency_key, parse_prefer
-from outlast.problems import from_exception, problem
 from outlast.registry import JobDefinition
+from outlast.web.answers import Answer, accepted, see_other, terminal_result
+from outlast.web.http import client_address, hold
+from outlast.web.prefer import parse_prefer
+from outlast.web.problems import Problem, from_exception
 
 if TYPE_CHECKING:
     from outlast.core import Outlast
@@ -69,7 +71,7 @@ def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
             # Starlette: parameters come from the query string and the path.
             request = args[0]
             if request.method == "HEAD":  # Starlette adds HEAD to GET routes: start no job for it
-                return problem(405, "HEAD does not run this route; use GET", headers={"Allow": "GET"})
+                return head_refused().starlette()
             given = {**request.query_params, **request.path_params}
             raw = {key: given[key] for key in parameters if key in given}
             as_response = True
@@ -93,27 +95,32 @@ async def _serve(
 ) -> Any:
     # The protocol's routes hang off the app's root, wherever this route is.
     base = str(request.scope.get("app_root_path", request.scope.get("root_path", ""))) + ot.mount_path
+    caller = ot.admission.identify(request.headers.get("authorization"), client_address(request))
     prefer = request.headers.getlist("prefer")
-    owner = ot.keys.owner(request.headers)
-    ot.check_rate(caller(request, owner))
-    key = idempotency_key(request)
-    return await serve_route(ot, definition, raw, prefer, key, base, owner=owner, as_response=as_response)
+    key = request.headers.get("idempotency-key")
+    answer = await serve_route(ot, definition, caller, raw, prefer, key, base, as_response=as_response)
+    return answer.starlette() if isinstance(answer, Answer) else answer
 
 
 async def serve_route(
     ot: Outlast,
     definition: JobDefinition,
+    caller: Caller,
     raw: dict[str, Any],
     prefer: list[str],
     key: str | None,
     base: str,
     *,
-    owner: str | None = None,
     as_response: bool,
 ) -> Any:
-    """Run a long-running route's job: its result when fast, else the 303 chain (or 202)."""
+    """Run a long-running route's job: its result when fast, else the 303 chain (or 202).
+
+    Returns an `Answer`, or with `as_response=False` (FastAPI) the job's own result
+    when it succeeded within the hold, which FastAPI renders as it would the
+    handler's return value.
+    """
     prefs = parse_prefer(prefer)
-    job, _ = await ot.submit(definition.name, raw, idempotency_key=key, owner=owner)
+    job, _ = await ot.admission.admit(caller, definition.name, raw, route=True, idempotency_key=key)
     wait_s = prefs.wait_s if prefs.wait_s is not None else (0.0 if prefs.respond_async else math.inf)
     job = await hold(ot, job, wait_s)
     if not job.is_terminal:
@@ -121,8 +128,21 @@ async def serve_route(
             return accepted(base, job, respond_async=True)
         return see_other(base, job, 1)
     if job.status is JobStatus.SUCCEEDED and not as_response:
-        return job.result  # FastAPI renders it as it would the handler's own return value
+        return job.result
     return terminal_result(job)
+
+
+def head_refused() -> Answer:
+    """`HEAD` on a long-running route: it would start a job whose answer no one reads."""
+    return Answer.problem(
+        Problem(
+            405,
+            "method_not_allowed",
+            "Method not allowed",
+            "HEAD does not run this route; use GET",
+            headers={"Allow": "GET"},
+        )
+    )
 
 
 def _fastapi_signature(definition: JobDefinition) -> inspect.Signature:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -11,14 +12,17 @@ from starlette.responses import JSONResponse
 
 from outlast.exceptions import (
     ConfigError,
+    Forbidden,
     IdempotencyConflict,
     InvalidInput,
     InvalidRequest,
     JobNotFinished,
     JobNotFound,
+    ListingDisabled,
     OutlastError,
     QueueFull,
     RateLimited,
+    Unauthorized,
     UnknownJobName,
 )
 
@@ -36,6 +40,9 @@ PROBLEMS: list[tuple[type[OutlastError], int, str, str]] = [
     (QueueFull, 503, "queue_full", "The queue is full"),
     (RateLimited, 429, "rate_limited", "Too many submits"),
     (InvalidRequest, 400, "bad_request", "Bad request"),
+    (Unauthorized, 401, "unauthorized", "Unauthorized"),
+    (ListingDisabled, 403, "listing_disabled", "Listing jobs is off"),
+    (Forbidden, 403, "forbidden", "Forbidden"),
     (ConfigError, 500, "server_error", "Server misconfigured"),
 ]
 
@@ -68,15 +75,8 @@ def problem(
     errors: list[dict[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> ProblemResponse:
-    body: dict[str, Any] = {
-        "type": type or TITLES.get(status, "error").lower().replace(" ", "_"),
-        "title": title or TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+    title = title or TITLES.get(status, "Error")
+    return Problem(status, type or _default_type(status), title, detail, errors, headers).response()
 
 
 class HTTPProblem(Exception):
@@ -93,18 +93,57 @@ class HTTPProblem(Exception):
         return problem(self.status, self.detail, type=self.type, headers=self.headers)
 
 
-def from_exception(exc: Exception) -> ProblemResponse:
-    """The problem for any exception an endpoint let through. Never a stack trace."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Problem:
+    """What an error says to a client, whatever carries it (an HTTP response, a WebSocket message)."""
+
+    status: int
+    type: str
+    title: str
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+    headers: Mapping[str, str] | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        if self.errors is not None:
+            body["errors"] = self.errors
+        return body
+
+    def response(self) -> ProblemResponse:
+        return ProblemResponse(self.body(), status_code=self.status, headers=dict(self.headers or {}))
+
+
+def describe(exc: Exception) -> Problem:
+    """The problem for any exception a request let through: the one mapping. Never a stack trace."""
     if isinstance(exc, HTTPProblem):
-        return exc.response()
+        status = exc.status
+        return Problem(
+            status, exc.type or _default_type(status), TITLES.get(status, "Error"), exc.detail, None, exc.headers
+        )
     if isinstance(exc, OutlastError):
         for cls, status, type, title in PROBLEMS:
             if isinstance(exc, cls):
                 if status >= 500:
                     logger.error("%s", exc.message)
                 errors = exc.errors if isinstance(exc, InvalidInput) else None
-                retry = exc.retry_after_s if isinstance(exc, (QueueFull, RateLimited)) else None
-                headers = None if retry is None else {"Retry-After": str(max(1, math.ceil(retry)))}
-                return problem(status, exc.message, type=type, title=title, errors=errors, headers=headers)
+                return Problem(status, type, title, exc.message, errors, _headers(exc))
     logger.exception("unexpected error while serving a request", exc_info=exc)
-    return problem(500, "the server could not handle this request", type="server_error")
+    return Problem(500, "server_error", TITLES[500], "the server could not handle this request")
+
+
+def _headers(exc: OutlastError) -> dict[str, str] | None:
+    if isinstance(exc, (QueueFull, RateLimited)):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    return None
+
+
+def _default_type(status: int) -> str:
+    return TITLES.get(status, "error").lower().replace(" ", "_")
+
+
+def from_exception(exc: Exception) -> ProblemResponse:
+    """The problem response for any exception an endpoint let through."""
+    return describe(exc).response()

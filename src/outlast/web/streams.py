@@ -24,8 +24,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from outlast.jobs import TERMINAL, Event, Job, JobStatus
-from outlast.links import with_links
-from outlast.problems import HTTPProblem
+from outlast.web.links import with_links
+from outlast.web.problems import HTTPProblem
 
 if TYPE_CHECKING:
     from outlast.core import Outlast

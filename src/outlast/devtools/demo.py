@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
 import sys
 import time
@@ -9,9 +11,10 @@ import time
 import click
 import httpx
 
-from outlast.gateway import serve as serve_gateway
+from outlast.devtools.gateway import serve as serve_gateway
 
 START_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def guide(base: str, timeout_s: float) -> str:
@@ -54,7 +57,10 @@ def run_demo(target: str, *, port: int, api_port: int, timeout_s: float, store: 
     margin_s = 4.0 if timeout_s > 8 else timeout_s / 3  # the hold stays well under the gateway's timeout
     command += ["--gateway-timeout", f"{timeout_s:g}", "--margin", f"{margin_s:g}", "--log-level", "warning"]
     command += ["--dashboard"]  # the page and its live list of every job: fine on 127.0.0.1, not in production
-    server = subprocess.Popen(command)  # noqa: S603 (our own interpreter and arguments)
+    # SIGTERM (a service manager, `kill`) ends the demo as Ctrl-C does: through the `finally` below, which
+    # stops the app. (The gateway's uvicorn re-raises the signal it caught once it has shut down.)
+    signal.signal(signal.SIGTERM, _exit)
+    server = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: S603 (our own interpreter)
     try:
         _wait_ready(server, api)
         click.echo(guide(f"http://127.0.0.1:{port}", timeout_s), err=True)
@@ -65,6 +71,17 @@ def run_demo(target: str, *, port: int, api_port: int, timeout_s: float, store: 
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """In the app's process, before it runs: end it if the demo dies without stopping it (SIGKILL)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_ready(server: subprocess.Popen[bytes], api: str) -> None:

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from outlast.admission import Caller
 from outlast.exceptions import OutlastError, UnknownJobName
-from outlast.http import caller
-from outlast.links import job_json, with_links
-from outlast.problems import HTTPProblem, from_exception
-from outlast.streams import follow
+from outlast.web.http import client_address
+from outlast.web.links import job_json, with_links
+from outlast.web.problems import describe
+from outlast.web.streams import follow
 
 if TYPE_CHECKING:
     from outlast.core import Outlast
@@ -55,9 +56,10 @@ class TooSlow(Exception):
 class Connection:
     """One client's WebSocket and the jobs it follows."""
 
-    def __init__(self, ot: Outlast, websocket: WebSocket, owner: str | None = None) -> None:
+    def __init__(self, ot: Outlast, websocket: WebSocket, caller: Caller) -> None:
         self.ot = ot
-        self.owner = owner
+        self.caller = caller
+        self.owner = caller.owner
         self.websocket = websocket
         self.subscriptions: dict[str, asyncio.Task[None]] = {}
         self._send_lock = asyncio.Lock()
@@ -120,8 +122,8 @@ class Connection:
         except MessageError as exc:
             await self.error(ref, exc.status, exc.title, exc.detail)
         except OutlastError as exc:
-            problem = json.loads(bytes(from_exception(exc).body))
-            await self.error(ref, problem["status"], problem["title"], problem["detail"])
+            problem = describe(exc)
+            await self.error(ref, problem.status, problem.title, problem.detail)
 
     async def on_submit(self, message: dict[str, Any], ref: Any) -> None:
         name = message.get("name")
@@ -134,13 +136,9 @@ class Connection:
 
     async def submit(self, name: str, input: dict[str, Any], ref: Any) -> None:
         try:
-            definition = self.ot.definition(name)
+            job, _ = await self.ot.admission.admit(self.caller, name, input, strict_json=True)
         except UnknownJobName:
             raise MessageError(404, "Unknown action", f"no action or job is named {name!r}") from None
-        if not definition.public:
-            raise MessageError(404, "Unknown action", f"no action or job is named {name!r}")
-        self.ot.check_rate(caller(self.websocket, self.owner))
-        job, _ = await self.ot.submit(name, input, owner=self.owner, strict_json=True)
         await self.send({"type": "accepted", "ref": ref, "job": job_json(_base(self.websocket), job)})
         self.subscribe(job.id, 0)
 
@@ -236,8 +234,8 @@ def _base(websocket: WebSocket) -> str:
 
 async def websocket_endpoint(ot: Outlast, websocket: WebSocket) -> None:
     try:
-        owner = ot.keys.owner(websocket.headers)
-    except HTTPProblem:
+        caller = ot.admission.identify(websocket.headers.get("authorization"), client_address(websocket))
+    except OutlastError:
         await websocket.close(CLOSE_POLICY)  # before accepting: the client sees 403
         return
-    await Connection(ot, websocket, owner).serve()
+    await Connection(ot, websocket, caller).serve()

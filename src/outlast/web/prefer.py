@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from outlast.jobs import is_json
-from outlast.problems import HTTPProblem
+from outlast.web.problems import HTTPProblem
 
 MAX_IDEMPOTENCY_KEY = 255
 

@@ -1,17 +1,12 @@
-"""Limits with clear answers: open connections per process (503), submits per second per key (429)."""
+"""Open connections per process: beyond the limit, 503 + Retry-After (a WebSocket: close 1013)."""
 
 from __future__ import annotations
 
-import math
-import time
-from collections import OrderedDict
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from outlast.problems import problem
+from outlast.web.problems import problem
 
 EXEMPT_PATHS = frozenset({"/healthz"})  # liveness stays visible under load
-MAX_BUCKETS = 100_000
 CLOSE_TRY_AGAIN = 1013
 
 
@@ -41,31 +36,3 @@ class ConnectionLimit:
             await self.app(scope, receive, send)
         finally:
             self.active -= 1
-
-
-class SubmitRate:
-    """A token bucket per caller: `rate` submits a second, bursts of up to twice that."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, 2 * rate)
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, who: str) -> float | None:
-        """None if `who` may submit now, else the seconds until it may."""
-        now = time.monotonic()
-        tokens, then = self._buckets.pop(who, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - then) * self.rate)
-        if tokens >= 1:
-            self._buckets[who] = (tokens - 1, now)
-            wait = None
-        else:
-            self._buckets[who] = (tokens, now)
-            wait = (1 - tokens) / self.rate
-        while len(self._buckets) > MAX_BUCKETS:
-            self._buckets.popitem(last=False)  # the longest idle callers
-        return wait
-
-    @staticmethod
-    def retry_after(wait_s: float) -> str:
-        return str(max(1, math.ceil(wait_s)))

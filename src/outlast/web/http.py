@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,14 +18,15 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
-from outlast import streams
-from outlast.exceptions import ConfigError, UnknownJobName
+from outlast.exceptions import ConfigError, ListingDisabled
 from outlast.jobs import Job, JobStatus
-from outlast.limits import ConnectionLimit
-from outlast.links import job_json, job_url
-from outlast.prefer import idempotency_key, int_param, json_object, preferences
-from outlast.problems import HTTPProblem, from_exception, problem
 from outlast.stores.base import MAX_LIST_LIMIT
+from outlast.web import streams
+from outlast.web.answers import accepted, see_other, terminal_result
+from outlast.web.limits import ConnectionLimit
+from outlast.web.links import job_json
+from outlast.web.prefer import int_param, json_object, preferences
+from outlast.web.problems import HTTPProblem, from_exception, problem
 from outlast.webhooks import parse_events
 
 if TYPE_CHECKING:
@@ -48,19 +48,13 @@ def answers_problems(endpoint: Endpoint) -> Endpoint:
     return wrapper
 
 
-def retry_after(job: Job) -> str:
-    """Seconds a client should wait before asking again: longer for older jobs."""
-    age_s = time.time() - job.created_at
-    return str(max(1, min(10, math.ceil(age_s / 10))))
-
-
 def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def caller(request: Request | WebSocket, owner: str | None) -> str:
-    """Who submits, for rate limits: the API key's owner, else the client's address."""
-    return owner or (request.client.host if request.client else "unknown")
+def client_address(connection: Request | WebSocket) -> str | None:
+    """The client's address, for rate limits when auth is off."""
+    return connection.client.host if connection.client else None
 
 
 def base_of(request: Request) -> str:
@@ -74,30 +68,6 @@ async def hold(ot: Outlast, job: Job, wait_s: float) -> Job:
     if wait_s > 0 and not job.is_terminal:
         return await ot.wait(job.id, wait_s)
     return job
-
-
-def accepted(base: str, job: Job, *, respond_async: bool = False) -> JSONResponse:
-    """`202` + `Location` + `Retry-After`, with the job object."""
-    headers = {"Location": job_url(base, job.id), "Retry-After": retry_after(job)}
-    if respond_async:
-        headers["Preference-Applied"] = "respond-async"
-    return JSONResponse(job_json(base, job), status_code=202, headers=headers)
-
-
-def see_other(base: str, job: Job, hop: int) -> Response:
-    """`303` to the next link of the result chain; each hop's URL is distinct."""
-    headers = {"Location": job_url(base, job.id, f"/result?hop={hop}"), "Retry-After": retry_after(job)}
-    return Response(status_code=303, headers=headers)
-
-
-def terminal_result(job: Job) -> Response:
-    """What `/result` answers for a job that has ended."""
-    if job.status is JobStatus.SUCCEEDED:
-        return JSONResponse(job.result)
-    assert job.error is not None
-    if job.status is JobStatus.CANCELED:
-        return problem(409, job.error.message, type="canceled", title="The job was canceled")
-    return problem(job.error.status, job.error.message, type=job.error.type, title="The job failed")
 
 
 class Edge:
@@ -124,15 +94,14 @@ class Edge:
         ]
 
     def owner(self, request: Request) -> str | None:
-        """Who asks (401/403 problems when auth is on and the key is missing or unknown)."""
-        return self.ot.keys.owner(request.headers)
+        """Who asks (`Unauthorized`/`Forbidden` when auth is on and the key is missing or unknown)."""
+        return self.ot.keys.owner(request.headers.get("authorization"))
 
     def lister(self, request: Request) -> str | None:
         """Who asks for a list of jobs: a key sees its own; without keys, only the `dashboard` setting opens lists."""
         owner = self.owner(request)
         if owner is None and not self.ot.settings.dashboard:
-            detail = "listing jobs is off: use API keys (each key lists its own jobs) or turn the dashboard setting on"
-            raise HTTPProblem(403, detail, type="listing_disabled")
+            raise ListingDisabled()
         return owner
 
     async def job(self, request: Request) -> Response:
@@ -157,32 +126,25 @@ class Edge:
 
     async def submit(self, request: Request) -> Response:
         name = request.path_params["name"]
-        owner = self.owner(request)
-        self.ot.check_rate(caller(request, owner))
-        if not self.ot.definition(name).public:  # 404 for an unknown name, before reading the body
-            raise UnknownJobName(f"no job is named {name!r}")
-        key = idempotency_key(request)
+        caller = self.ot.admission.identify(request.headers.get("authorization"), client_address(request))
         prefs = preferences(request)
-        body = await json_object(request, self.ot.settings.max_body)
-        webhook = request.headers.get("outlast-webhook")
-        events = parse_events(request.headers.get("outlast-webhook-events"))
         if prefs.wait_s is not None:
             wait_s = prefs.wait_s
         else:
             wait_s = 0.0 if prefs.respond_async else self.ot.settings.default_wait
-        job, _ = await self.ot.submit(
+        applied = min(wait_s, self.ot.settings.hold_s)
+        job, _ = await self.ot.admission.admit(
+            caller,
             name,
-            body,
-            idempotency_key=key,
-            owner=owner,
-            webhook=webhook,
-            webhook_events=events,
+            lambda: json_object(request, self.ot.settings.max_body),  # read only once admitted
+            idempotency_key=request.headers.get("idempotency-key"),
+            webhook=request.headers.get("outlast-webhook"),
+            webhook_events=parse_events(request.headers.get("outlast-webhook-events")),
             strict_json=True,
-            wait_s=min(wait_s, self.ot.settings.hold_s),
+            wait_s=applied,
         )
         if not job.is_terminal or (prefs.respond_async and wait_s == 0):
-            return accepted(base_of(request), job, respond_async=prefs.respond_async)
-        applied = min(wait_s, self.ot.settings.hold_s)
+            return accepted(base_of(request), job, respond_async=prefs.respond_async).starlette()
         headers = {"Preference-Applied": f"wait={_seconds(applied)}"} if applied > 0 else {}
         return JSONResponse(job_json(base_of(request), job), headers=headers)
 
@@ -199,11 +161,11 @@ class Edge:
         hop = int_param(request, "hop", 0, 0, 1_000_000)
         prefs = preferences(request)
         if not job.is_terminal and prefs.respond_async:
-            return accepted(base_of(request), job, respond_async=True)
+            return accepted(base_of(request), job, respond_async=True).starlette()
         job = await hold(self.ot, job, math.inf if prefs.wait_s is None else prefs.wait_s)
         if not job.is_terminal:
-            return see_other(base_of(request), job, hop + 1)
-        return terminal_result(job)
+            return see_other(base_of(request), job, hop + 1).starlette()
+        return terminal_result(job).starlette()
 
     async def cancel(self, request: Request) -> Response:
         job = await self.ot.cancel((await self.load(request)).id)
@@ -238,7 +200,7 @@ class Edge:
         return await streams.status_events(self.ot, request, self.lister(request))
 
     async def websocket(self, websocket: WebSocket) -> None:
-        from outlast.ws import websocket_endpoint  # ws builds on this module's job_json
+        from outlast.web.ws import websocket_endpoint  # ws builds on this module's job_json
 
         await websocket_endpoint(self.ot, websocket)
 
@@ -259,7 +221,7 @@ class Edge:
         return JSONResponse({"status": "ok"})
 
     async def openapi(self, request: Request) -> Response:
-        from outlast.openapi import document
+        from outlast.web.openapi import document
 
         if not self.ot.settings.openapi_public:
             self.owner(request)  # it names every job and its input: behind the key, when there are keys
@@ -283,7 +245,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return from_exception(exc)
 
 
-DASHBOARD = Path(__file__).parent / "web" / "index.html"
+DASHBOARD = Path(__file__).parent / "index.html"
 
 
 async def _dashboard(request: Request) -> Response:
