@@ -48,3 +48,31 @@ def test_the_client_loads_nothing_of_the_server():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     server = {"outlast.core", "outlast.web", "outlast.stores", "outlast.runner", "outlast.jobs"}
     assert server.isdisjoint(json.loads(out.stdout)), out.stdout
+
+
+def test_mounting_into_a_fastapi_app_brings_no_server_and_no_terminal_ui():
+    """What `pip install outlast` gives is enough to mount outlast: no server, no command line of ours.
+
+    (httpx loads click and rich for its own command line when they are installed, so their presence
+    here proves nothing; the `standard` extra is what brings them.)
+    """
+    loaded = loaded_after("import examples.fastapi_app")
+    assert {"fastapi", "starlette", "outlast"} <= loaded
+    assert loaded.isdisjoint({"uvicorn", "httptools", "uvloop"})
+    probe = "import json, sys, examples.fastapi_app; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    ours = {name for name in json.loads(out.stdout) if name.startswith("outlast.")}
+    assert ours.isdisjoint({"outlast.cli", "outlast.client.cli", "outlast.devtools"}), ours
+
+
+def test_the_command_line_says_which_extra_it_needs():
+    code = (
+        "import sys\n"
+        "sys.modules['click'] = None  # as if the standard extra were not installed\n"
+        "from outlast.__main__ import main\n"
+        "main()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'outlast[standard]'" in done.stderr
+    assert "Traceback" not in done.stderr
