@@ -25,7 +25,9 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    store: str = Field("sqlite:///outlast.db", description="where jobs are kept: sqlite:///path, redis://host:port/db or memory://")
+    store: str = Field(
+        "sqlite:///outlast.db", description="where jobs are kept: sqlite:///path, redis://host:port/db or memory://"
+    )
     gateway_timeout: Annotated[float, Field(gt=0)] = Field(29.0, description="the gateway's timeout, in seconds")
     margin: Seconds = Field(4.0, description="safety margin under the gateway's timeout, in seconds")
     default_wait: Seconds = Field(0.0, description="how long a submit waits when the client says nothing")
