@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from bench import http_modes, notify, poll_cost, requests_per_job, throughput
-from bench._servers import ROOT, machine
+from bench._servers import ROOT, machine, percentile
 from bench.report import write
 
 SECTIONS = ("http", "notify", "memory", "requests", "nodes", "idle")
@@ -88,8 +88,8 @@ def _nodes(redis_url: str, jobs: int, clients: int) -> list[dict[str, Any]]:
             {
                 "setup": setup.name,
                 "jobs_per_s": round(result.rate, 1),
-                "p50_ms": round(throughput.percentile(ms, 50), 1),
-                "p99_ms": round(throughput.percentile(ms, 99), 1),
+                "p50_ms": round(percentile(ms, 50), 1),
+                "p99_ms": round(percentile(ms, 99), 1),
                 "not_200": sum(n for status, n in result.statuses.items() if status != 200),
                 "server_cpu_ms_per_job": round(result.server_cpu_s / jobs * 1000, 2),
                 "redis_cpu_ms_per_job": None
@@ -122,7 +122,7 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk); it measures the one-request modes")
 
     peer = None
-    systems = http_modes.SYSTEMS
+    systems: tuple[str, ...] = http_modes.SYSTEMS
     if args.no_peer:
         systems = tuple(s for s in systems if s != "celery")
     elif "http" in sections:

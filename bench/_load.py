@@ -118,7 +118,8 @@ class Conn:
         status, headers = await self._head(reader)
         if status != 200 or headers.get("transfer-encoding") != "chunked":
             raise HTTPError(f"GET {path}: {status}")
-        pending, found = b"", None
+        pending = b""
+        found: dict[str, Any] | None = None
         async for chunk in self._chunks(reader):  # read to the stream's end, so the connection is reusable
             if found is not None:
                 continue

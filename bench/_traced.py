@@ -34,7 +34,7 @@ def main() -> None:
             counts[key] += 1
 
     def traced_connect(*a: Any, **k: Any) -> sqlite3.Connection:
-        conn = connect(*a, **k)
+        conn: sqlite3.Connection = connect(*a, **k)
         conn.set_trace_callback(trace)
         return conn
 

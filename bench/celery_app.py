@@ -35,12 +35,12 @@ app.conf.update(
 )
 
 
-@app.task(name="bench.noop")
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def noop() -> None:
     """No work: what is measured is the way there and back."""
 
 
-@app.task(name="bench.sleep")
+@app.task(name="bench.sleep")  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def sleep(seconds: float) -> None:
     """Sleep for `seconds`: a job that takes time but no CPU."""
     time.sleep(seconds)

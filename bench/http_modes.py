@@ -244,15 +244,15 @@ async def _load(target: Target, mode: str, clients: int, seconds: float) -> Load
         async def make() -> Any:
             return await connect(ws_url, compression=None, max_queue=None)
 
-        async def close(ws: Any) -> None:
-            await ws.close()
+        async def close(session: Any) -> None:
+            await session.close()
     else:
 
         async def make() -> Any:
             return Conn(target.url)
 
-        async def close(conn: Any) -> None:
-            await conn.close()
+        async def close(session: Any) -> None:
+            await session.close()
 
     async def job(session: Any) -> None:
         await one(session, target)

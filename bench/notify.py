@@ -32,7 +32,7 @@ import ssl
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,7 +218,7 @@ async def one_run(srv: Server, name: str, transport: str, mode: str, args: argpa
         ids = await _submit(control, srv.url, keys)
         before = await _listeners(control, srv.url)
         opening = asyncio.Semaphore(OPENING)
-        clients: dict[str, Callable[[int], Awaitable[Outcome]]] = {
+        clients: dict[str, Callable[[int], Coroutine[Any, Any, Outcome]]] = {
             "sse": lambda i: sse_client(pools[i // POOL], srv.url, ids[i % len(ids)], opening),
             "ws": lambda i: ws_client(srv.ws_url, ids[i % len(ids)], opening),
             "longpoll": lambda i: longpoll_client(pools[i // POOL], srv.url, ids[i % len(ids)]),

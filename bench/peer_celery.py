@@ -259,7 +259,8 @@ def _wait_ready(peer: Peer, procs: list[subprocess.Popen[bytes]], tmp: Path) -> 
             for proc in procs:
                 if proc.poll() is not None:
                     logs = "\n".join(p.read_text(errors="replace") for p in sorted(tmp.glob("celery-*.log")))
-                    raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}:\n{logs}")
+                    command = proc.args if isinstance(proc.args, list) else [proc.args]
+                    raise RuntimeError(f"{' '.join(map(str, command))} exited with {proc.returncode}:\n{logs}")
             try:
                 response = client.post(f"/api/task/apply/{peer.task}", json={"timeout": 1})
                 if response.status_code == 200 and response.json().get("state") == "SUCCESS":
