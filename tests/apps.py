@@ -26,7 +26,7 @@ def sync_sleep(ctx: JobContext, seconds: float = 1.0) -> dict[str, Any]:
     """A sync job that checks for cancellation while it sleeps."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        ctx.raise_if_cancelled()
+        ctx.raise_if_canceled()
         time.sleep(0.01)
     return {"slept": seconds}
 

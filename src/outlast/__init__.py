@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from outlast.context import JobContext
     from outlast.core import Outlast
     from outlast.exceptions import (
-        Cancelled,
+        Canceled,
         ConfigError,
         IdempotencyConflict,
         InvalidInput,
@@ -41,7 +41,7 @@ _WHERE = {
     "Settings": "outlast.settings",
     **dict.fromkeys(
         (
-            "Cancelled",
+            "Canceled",
             "ConfigError",
             "IdempotencyConflict",
             "InvalidInput",
@@ -60,7 +60,7 @@ _WHERE = {
 }
 
 __all__ = [
-    "Cancelled",
+    "Canceled",
     "ConfigError",
     "Event",
     "IdempotencyConflict",
@@ -84,6 +84,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Cancelled":  # the old spelling: outlast.exceptions warns, and is asked each time
+        return importlib.import_module("outlast.exceptions").Cancelled
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'outlast' has no attribute {name!r}")

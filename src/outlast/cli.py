@@ -192,7 +192,7 @@ async def _work(ot: Outlast) -> None:
         click.echo("outlast worker: stopping; running jobs may finish", err=True)
     lingering = [t for t in threading.enumerate() if t.name.startswith(JOB_THREAD_PREFIX) and t.is_alive()]
     if lingering:
-        # Sync jobs that ignored ctx.cancelled: their leases lapse and other
+        # Sync jobs that ignored ctx.canceled: their leases lapse and other
         # workers take them; this process need not wait for them.
         click.echo(f"outlast worker: {len(lingering)} sync job(s) did not stop; exiting anyway", err=True)
         os._exit(0)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from outlast.artifacts import Source
-from outlast.exceptions import Cancelled
+from outlast.exceptions import Canceled, _deprecated
 
 logger = logging.getLogger("outlast.runner")
 
@@ -127,14 +127,25 @@ class JobContext:
         return future.result()
 
     @property
-    def cancelled(self) -> bool:
+    def canceled(self) -> bool:
         """True once cancellation of this job was asked for. Sync jobs should check it."""
         return self._cancelled.is_set()
 
+    def raise_if_canceled(self) -> None:
+        """Stop here (raising `Canceled`) if cancellation was asked for."""
+        if self.canceled:
+            raise Canceled()
+
+    @property
+    def cancelled(self) -> bool:
+        """Deprecated spelling of `canceled`."""
+        _deprecated("ctx.cancelled", "ctx.canceled")
+        return self.canceled
+
     def raise_if_cancelled(self) -> None:
-        """Stop here (raising `Cancelled`) if cancellation was asked for."""
-        if self.cancelled:
-            raise Cancelled()
+        """Deprecated spelling of `raise_if_canceled`."""
+        _deprecated("ctx.raise_if_cancelled()", "ctx.raise_if_canceled()")
+        self.raise_if_canceled()
 
     # -- for the runner ------------------------------------------------------------
 

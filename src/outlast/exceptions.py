@@ -16,7 +16,7 @@
     │   └── ListingDisabled      lists of jobs are off (no API keys, no dashboard)
     └── JobError                 raised by a job's code to fail with a chosen problem
         ├── RetryableError       ... or to be tried again, with backoff
-        └── Cancelled            the job stops because cancellation was asked for
+        └── Canceled             the job stops because cancellation was asked for
 
 The web edge maps each of them to its problem, for HTTP and the WebSocket
 alike, in one place (`outlast.web.problems`).
@@ -24,6 +24,7 @@ alike, in one place (`outlast.web.problems`).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 
@@ -141,10 +142,21 @@ class RetryableError(JobError):
         self.delay_s = delay_s
 
 
-class Cancelled(JobError):
+class Canceled(JobError):
     """The job was canceled."""
 
     default_type = "canceled"
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message, status=409)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated: use {new} (one spelling, as the status)", DeprecationWarning, stacklevel=3)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Cancelled":
+        _deprecated("outlast.Cancelled", "outlast.Canceled")
+        return Canceled
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

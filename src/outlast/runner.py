@@ -25,7 +25,7 @@ from typing import Any
 
 from outlast.artifacts import ArtifactStorage, Signer, Source
 from outlast.context import JobContext, Write
-from outlast.exceptions import Cancelled, JobError, RetryableError
+from outlast.exceptions import Canceled, JobError, RetryableError
 from outlast.jobs import TIMEOUT, WORKER_LOST, ErrorInfo, Job, JobStatus, Outcome, is_json
 from outlast.metrics import Metrics
 from outlast.registry import JobDefinition
@@ -244,7 +244,7 @@ class Runner:
                 return None  # the lease will expire and someone retries it
             current = asyncio.current_task()
             if running.cancel_requested and current is not None and not current.cancelling():
-                return Outcome.canceled()  # cancelled before the job's code even began
+                return Outcome.canceled()  # canceled before the job's code even began
             raise
 
     async def _finish(self, running: _Running, write: Write, outcome: Outcome, duration_s: float) -> None:
@@ -313,7 +313,7 @@ class Runner:
         return await asyncio.shield(running.thread)
 
     def _failure(self, job: Job, definition: JobDefinition, exc: BaseException) -> Outcome:
-        if isinstance(exc, Cancelled):
+        if isinstance(exc, Canceled):
             return Outcome.canceled(exc.message)
         if isinstance(exc, JobError):
             error = ErrorInfo(exc.type, exc.message, exc.status)

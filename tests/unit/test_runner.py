@@ -1,4 +1,4 @@
-"""The runner on the memory store: how jobs run, end, retry, time out and are cancelled."""
+"""The runner on the memory store: how jobs run, end, retry, time out and are canceled."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def ot() -> AsyncIterator[Outlast]:
 
     @ot.job()
     def sync_polite(ctx: JobContext) -> str:
-        while not ctx.cancelled:
+        while not ctx.canceled:
             time.sleep(0.01)
         return "saw the cancel"
 
@@ -176,3 +176,11 @@ async def test_waiters_are_woken_when_the_job_ends(ot: Outlast):
     done = await waiter
     assert done.status is JobStatus.SUCCEEDED
     assert time.monotonic() - ended_at < 0.5  # woken, not polling on a long interval
+
+
+def test_the_old_spelling_of_canceled_still_works_and_warns():
+    import outlast
+    from outlast import Canceled
+
+    with pytest.warns(DeprecationWarning, match="outlast.Canceled"):
+        assert outlast.Cancelled is Canceled
