@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from fastapi import FastAPI
+
 from outlast import JobContext, Outlast
 
 ot = Outlast(store="memory://")
@@ -32,3 +34,16 @@ async def nap_route(seconds: float = 0.0) -> dict[str, float]:
 async def small_file(ctx: JobContext, size: int = 100) -> str:
     """Stores a file of `size` bytes and returns its URL."""
     return await ctx.artifact("small.bin", bytes(i % 256 for i in range(size)), "application/octet-stream")
+
+
+# The same unbounded route on FastAPI, which validates the query string itself first.
+fastapi_ot = Outlast(store="memory://")
+fastapi_app = FastAPI()
+fastapi_ot.mount(fastapi_app)
+
+
+@fastapi_app.get("/nap")
+@fastapi_ot.long_running()
+async def fastapi_nap(seconds: float = 0.0) -> dict[str, float]:
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}

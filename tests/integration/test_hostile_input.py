@@ -148,6 +148,15 @@ def test_a_long_running_route_refuses_inf_and_nan_in_its_query(serve: Any):
     assert_healthy(server)
 
 
+def test_a_fastapi_long_running_route_refuses_inf_in_its_query(serve: Any):
+    server = serve("tests.hostile_app:fastapi_app")
+    for raw in ("inf", "nan", "1e400"):  # FastAPI takes them as floats; outlast does not
+        response = httpx.get(f"{server.url}/nap?seconds={raw}", timeout=TIMEOUT)
+        assert_problem(response, 422, "invalid_input")
+    assert httpx.get(f"{server.url}/nap?seconds=0.1", timeout=TIMEOUT).json() == {"slept": 0.1}
+    assert_healthy(server)
+
+
 def test_a_flask_long_running_view_refuses_inf_in_its_query(serve: Any):
     server = serve("examples.flask_app:app")
     response = httpx.get(f"{server.url}/payload?delay=inf", timeout=TIMEOUT)
