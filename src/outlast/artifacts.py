@@ -27,6 +27,7 @@ from typing import BinaryIO, Protocol
 from urllib.parse import quote
 
 from outlast.exceptions import InvalidRequest
+from outlast.parsing import whole_number
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
 KEY_FILE = ".signing-key"
@@ -153,7 +154,8 @@ class Signer:
 
     def verify(self, job_id: str, name: str, expires: str | None, sig: str | None) -> bool:
         """True for a URL this server signed, for this job and name, not yet expired."""
-        if not expires or not sig or not expires.isdigit() or len(expires) > 12:
+        at = whole_number(expires, max_digits=12)  # ASCII digits only: "²" passes str.isdigit()
+        if at is None or not sig:
             return False
-        expected = self._digest(job_id, name, int(expires))
-        return hmac.compare_digest(expected.encode(), sig.encode()) and int(expires) >= time.time()
+        expected = self._digest(job_id, name, at)
+        return hmac.compare_digest(expected.encode(), sig.encode()) and at >= time.time()

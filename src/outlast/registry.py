@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from outlast.context import JobContext
 from outlast.exceptions import ConfigError, InvalidInput
+from outlast.parsing import FINITE, non_finite
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
 CONTEXT_PARAM_NAMES = ("ctx", "context")
@@ -60,7 +61,9 @@ class JobDefinition:
         With `strict_json`, as JSON types are read strictly (`false` is no
         integer, `"3"` no number; dates still come as ISO strings): for bodies.
         Without, as Python calls and query strings are (`"3"` is 3).
+        Numbers must be finite: NaN and infinities are refused, typed or not.
         """
+        self._check_finite(raw)
         try:
             if strict_json:
                 model = self.input_model.model_validate_json(json.dumps(raw), strict=True)
@@ -68,8 +71,17 @@ class JobDefinition:
                 model = self.input_model.model_validate(raw)
         except ValidationError as exc:
             raise InvalidInput(f"the input does not fit the parameters of {self.name!r}", _field_errors(exc)) from None
+        self._check_finite(model.model_dump(by_alias=True))  # e.g. "inf" for a nested model's float
         dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True)
         return dumped
+
+    def _check_finite(self, value: Any) -> None:
+        # A NaN or an infinity would crash the job, hold a worker until canceled
+        # (`sleep(inf)`), or be stored as JSON no client can read.
+        path = non_finite(value)
+        if path is not None:
+            errors = [{"loc": path, "msg": FINITE, "type": "finite_number"}]
+            raise InvalidInput(f"the input does not fit the parameters of {self.name!r}: {FINITE}", errors)
 
     def arguments(self, input: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the function, typed as its signature says."""
@@ -107,7 +119,7 @@ def _input_model(fn: JobFunction, name: str) -> tuple[type[BaseModel], str | Non
         # Fields get neutral names, the parameter's name as alias: a parameter
         # may be called `json` or `schema` without shadowing BaseModel.
         fields[f"p{index}"] = (hint, Field(default, alias=param.name))
-    config = ConfigDict(extra="forbid")
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)
     model = create_model(f"{_camel(name)}Input", __config__=config, **fields)
     return model, context_param
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from outlast import ConfigError, InvalidInput, JobContext, Outlast
 
@@ -68,3 +68,29 @@ def test_two_functions_cannot_share_a_name():
     ot.job(name="x")(lambda: None)
     with pytest.raises(ConfigError):
         ot.job(name="x")(lambda: None)
+
+
+class Point(BaseModel):  # its own config: pydantic allows inf and nan here by default
+    x: float = 0.0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "inf", "nan", "1e400"])
+def test_numbers_must_be_finite_typed_nested_or_untyped(bad: object):
+    ot = Outlast(store="memory://")
+
+    @ot.job()
+    async def plot(seconds: float = 1.0, point: Point | None = None, extra: Any = None) -> None: ...
+
+    definition = ot.definition("plot")
+    for strict_json in (False, True):
+        for raw, loc in (({"seconds": bad}, ["seconds"]), ({"point": {"x": bad}}, ["point", "x"])):
+            if isinstance(bad, str) and strict_json:
+                continue  # a string is no number for a JSON body
+            with pytest.raises(InvalidInput) as info:
+                definition.validate(raw, strict_json=strict_json)
+            assert info.value.errors[0]["loc"] == loc
+            assert info.value.errors[0]["type"] == "finite_number"
+        if isinstance(bad, float):  # untyped: not stored as null, nor as NaN
+            with pytest.raises(InvalidInput, match="finite"):
+                definition.validate({"extra": [1, {"deep": bad}]}, strict_json=strict_json)
+    assert definition.validate({"extra": "inf"}) == {"seconds": 1.0, "point": None, "extra": "inf"}  # just text

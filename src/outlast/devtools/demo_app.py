@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from outlast import JobContext, Outlast
+from outlast.parsing import decimal_number
 
 ot = Outlast()
 
@@ -41,10 +42,10 @@ async def payload(delay: Annotated[float, Field(ge=0, le=3600)] = 60) -> dict[st
 
 async def plain_payload(request: Request) -> JSONResponse:
     """The same work as `/payload`, as a plain endpoint: a gateway cuts it off."""
-    try:
-        delay = min(max(float(request.query_params.get("delay", 60)), 0), 3600)
-    except ValueError:
+    delay = decimal_number(request.query_params.get("delay", "60"))  # no "inf", "nan" or "1_0"
+    if delay is None:
         return JSONResponse({"detail": "delay must be a number of seconds"}, status_code=400)
+    delay = min(delay, 3600)
     await asyncio.sleep(delay)
     return JSONResponse({"MESSAGE": f"It took {delay:g} seconds to generate this."})
 

@@ -27,6 +27,7 @@ from outlast.web.limits import ConnectionLimit
 from outlast.web.links import job_json
 from outlast.web.prefer import int_param, json_object, preferences
 from outlast.web.problems import HTTPProblem, from_exception, problem
+from outlast.web.ranges import file_response
 from outlast.webhooks import parse_events
 
 if TYPE_CHECKING:
@@ -215,7 +216,8 @@ class Edge:
         path = storage.path(job_id, name)
         if path is None:
             raise HTTPProblem(404, "no such file", type="not_found")
-        return FileResponse(path, media_type=storage.media_type(job_id, name), filename=name)
+        media_type, headers = storage.media_type(job_id, name), request.headers
+        return file_response(path, media_type, name, headers.get("range"), headers.get("if-range"))
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

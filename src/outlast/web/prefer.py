@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
 
 from starlette.requests import Request
 
 from outlast.jobs import is_json
+from outlast.parsing import FINITE, decimal_number, non_finite, whole_number
 from outlast.web.problems import HTTPProblem
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -40,11 +40,8 @@ def parse_prefer(header_values: list[str]) -> Preferences:
 
 
 def _non_negative(raw: str) -> float | None:
-    try:
-        seconds = float(raw)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    """Seconds as a plain decimal number (`10`, `0.5`): no sign, exponent, `_`, `inf` or `nan`."""
+    return decimal_number(raw)
 
 
 def preferences(request: Request) -> Preferences:
@@ -63,11 +60,8 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
+    value = whole_number(raw)
+    if value is None or not low <= value <= high:
         raise HTTPProblem(400, f"{name} must be an integer from {low} to {high}", type="bad_request")
     return value
 
@@ -85,9 +79,10 @@ async def json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     """The body as a JSON object; an empty body is `{}`."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        length = whole_number(declared.strip(), max_digits=40)
+        if length is None:
             raise HTTPProblem(400, "Content-Length is not a number", type="bad_request")
-        if int(declared) > max_bytes:
+        if length > max_bytes:
             raise _too_large(max_bytes)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
@@ -107,6 +102,8 @@ async def json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise HTTPProblem(400, "the body is not valid JSON", type="malformed_json") from None
     if not isinstance(value, dict):
         raise HTTPProblem(400, "the body must be a JSON object", type="malformed_json")
+    if non_finite(value) is not None:  # 1e400 parses as inf
+        raise HTTPProblem(400, f"the body is not valid input: {FINITE}", type="malformed_json")
     if not is_json(value):  # e.g. a lone surrogate, escaped as \\ud800
         raise HTTPProblem(400, "the body holds text that is not valid Unicode", type="malformed_json")
     return value

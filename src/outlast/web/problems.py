@@ -55,6 +55,7 @@ TITLES = {
     409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
+    416: "Range not satisfiable",
     422: "Unprocessable content",
     429: "Too many requests",
     500: "Internal server error",

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from outlast.jobs import TERMINAL, Event, Job, JobStatus
+from outlast.parsing import whole_number
 from outlast.web.links import with_links
 from outlast.web.problems import HTTPProblem
 
@@ -281,12 +282,23 @@ def sse_message(event: Event, base: str | None = None) -> str:
 
 
 def sse_cursor(request: Request) -> int:
-    """`Last-Event-ID` (what a reconnecting EventSource sends), else `?after=`, else 0."""
-    header, query = request.headers.get("last-event-id"), request.query_params.get("after")
-    for raw in (header, query):
-        if raw and (not raw.isdigit() or len(raw) > 17):
-            raise HTTPProblem(400, "the cursor (Last-Event-ID or after) must be an event number", type="bad_request")
-    return int(header or query or 0)
+    """`Last-Event-ID` (what a reconnecting EventSource sends), else `?after=`, else 0.
+
+    An event number in ASCII digits; spaces around the header are dropped, and an
+    empty header is no cursor (an EventSource that saw no id sends none). An
+    empty `?after=` is refused.
+    """
+    header = (request.headers.get("last-event-id") or "").strip()
+    cursor = 0
+    for raw in (request.query_params.get("after"), header or None):  # the header, when given, wins
+        if raw is not None:
+            value = whole_number(raw, max_digits=17)
+            if value is None:
+                raise HTTPProblem(
+                    400, "the cursor (Last-Event-ID or after) must be an event number", type="bad_request"
+                )
+            cursor = value
+    return cursor
 
 
 async def job_events(ot: Outlast, request: Request, job: Job) -> Response:

@@ -3,7 +3,8 @@
 Text frames, one JSON object each. Besides the named actions, any registered
 job's name is an action of its own (the route-key style of API Gateway
 WebSocket APIs). A message that can't be served gets an `error` message and the
-connection stays open; one over the size limit closes it with 1009.
+connection stays open; one over the size limit (text or binary) closes it
+with 1009. Numbers must be finite: `NaN`, `Infinity` and `1e400` are refused.
 
 Each subscription follows its job with `streams.follow`, so it replays from a
 cursor and never loses or repeats an event. A client that stops reading blocks
@@ -24,6 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from outlast.admission import Caller
 from outlast.exceptions import OutlastError, UnknownJobName
+from outlast.parsing import FINITE, non_finite
 from outlast.web.http import client_address
 from outlast.web.links import job_json, with_links
 from outlast.web.problems import describe
@@ -96,6 +98,9 @@ class Connection:
                     return
                 text = message.get("text")
                 if text is None:
+                    if len(message.get("bytes") or b"") > limit:  # too big is too big, whatever the frame
+                        self.close(CLOSE_TOO_BIG)
+                        return
                     await self.error(None, 400, "Text frames only", "send one JSON object per text frame")
                     continue
                 if len(text) > limit or len(text.encode("utf-8", "replace")) > limit:
@@ -209,13 +214,20 @@ class Connection:
 
 
 def _parse(text: str) -> dict[str, Any]:
+    """One message: strict JSON, as for HTTP bodies (no NaN or Infinity; 1e400 is no number)."""
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise MessageError(400, "Malformed JSON", "the message is not valid JSON") from None
     if not isinstance(message, dict):
         raise MessageError(400, "Malformed message", "a message is one JSON object")
+    if non_finite(message) is not None:
+        raise MessageError(400, "Malformed JSON", FINITE)
     return message
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _route_input(message: dict[str, Any]) -> dict[str, Any]:
