@@ -31,7 +31,7 @@ from outlast.web.http import find_outlast
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-# The settings that have a flag (PROTOCOL.md, "Settings"), with their types.
+# The settings that have a flag (docs/protocol.md, "Settings"), with their types.
 SETTING_FLAGS: dict[str, type] = {
     "store": str,
     "gateway_timeout": float,
@@ -132,8 +132,8 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=10,
-        # WebSocket (PROTOCOL.md): ping every 20 s, drop what does not answer; the
-        # size limit is checked per message by outlast (close 1009).
+        # WebSocket (docs/protocol.md, "Keepalive and reconnecting"): ping every 20 s, drop what does not
+        # answer; the size limit is checked per message by outlast (close 1009).
         ws="websockets-sansio",
         ws_ping_interval=20,
         ws_ping_timeout=20,

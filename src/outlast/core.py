@@ -43,7 +43,7 @@ class Outlast:
 
         app = ot.app()
 
-    Keywords are the settings of PROTOCOL.md ("Settings"); `OUTLAST_*`
+    Keywords are the settings of docs/protocol.md, "Settings"; `OUTLAST_*`
     variables override them, and the command line overrides both.
     """
 
@@ -361,7 +361,7 @@ class Outlast:
         timeout: float | None = None,
         max_attempts: int | None = None,
     ) -> Callable[[F], F]:
-        """Make an endpoint long-running (PROTOCOL.md, "Long-running routes").
+        """Make an endpoint long-running (docs/protocol.md, "Long-running routes").
 
         With `path`, the route is added to `ot.app()`; without, decorate an
         endpoint of your own Starlette or FastAPI app.

@@ -39,7 +39,7 @@ class JobStatus(enum.StrEnum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
-# The one table of allowed status changes (PROTOCOL.md, "The job").
+# The one table of allowed status changes (docs/protocol.md, "The job").
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
     # running -> queued only when a retry is due: a lost worker, a retryable error.

@@ -21,7 +21,7 @@ Seconds = Annotated[float, Field(ge=0)]
 
 
 class Settings(BaseModel):
-    """Everything an operator can set. See PROTOCOL.md, "Settings"."""
+    """Everything an operator can set. See docs/protocol.md, "Settings"."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

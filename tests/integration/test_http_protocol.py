@@ -1,4 +1,4 @@
-"""The HTTP contract of PROTOCOL.md, spoken to a real `outlast serve` over a socket, on a SQLite file."""
+"""The HTTP contract of docs/protocol.md, spoken to a real `outlast serve` over a socket, on a SQLite file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Server-Sent Events (PROTOCOL.md, "Events"), read from a real `outlast serve` over a socket, on a SQLite file."""
+"""Server-Sent Events (docs/protocol.md, "Events"), read from a real `outlast serve` over a socket, on a SQLite file."""
 
 from __future__ import annotations
 

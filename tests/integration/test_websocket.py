@@ -1,4 +1,4 @@
-"""The WebSocket (PROTOCOL.md, "WebSocket"), spoken to a real `outlast serve` over a socket, on a SQLite file."""
+"""The WebSocket (docs/protocol.md, "WebSocket"), spoken to a real `outlast serve` over a socket, on a SQLite file."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def long_running(
     ot: Outlast, *, name: str | None = None, timeout: float | None = None, max_attempts: int | None = None
 ) -> Callable[[F], Any]:
-    """Make a Flask view long-running (PROTOCOL.md, "Long-running routes")."""
+    """Make a Flask view long-running (docs/protocol.md, "Long-running routes")."""
     from flask import request
 
     def decorate(fn: F) -> Any:

@@ -1,4 +1,4 @@
-"""The HTTP edge: the protocol's routes on Starlette (PROTOCOL.md, "Endpoints")."""
+"""The HTTP edge: the protocol's routes on Starlette (docs/protocol.md, "Endpoints")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The decorated handler runs as a job, its query and path parameters as input.
 Fast, the client gets the handler's own response; slow, a `303 See Other` to
 `/jobs/{id}/result?hop=1` and the chain that follows; with `Prefer:
-respond-async`, `202` + `Location` at once (PROTOCOL.md, "Long-running routes").
+respond-async`, `202` + `Location` at once (docs/protocol.md, "Long-running routes").
 
 The endpoint this makes works on Starlette (it takes the request) and FastAPI
 (its signature is the handler's, plus the request, so FastAPI validates and

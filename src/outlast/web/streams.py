@@ -302,7 +302,7 @@ def sse_cursor(request: Request) -> int:
 
 
 async def job_events(ot: Outlast, request: Request, job: Job) -> Response:
-    """`GET /jobs/{id}/events` (PROTOCOL.md, "Events")."""
+    """`GET /jobs/{id}/events` (docs/protocol.md, "Events")."""
     after = sse_cursor(request)
     if job.is_terminal and after >= job.last_seq:
         return Response(status_code=204)  # stops a browser's EventSource from reconnecting

@@ -1,4 +1,4 @@
-"""`WS /ws`: submit, subscribe, cancel over one WebSocket (PROTOCOL.md, "WebSocket").
+"""`WS /ws`: submit, subscribe, cancel over one WebSocket (docs/protocol.md, "WebSocket").
 
 Text frames, one JSON object each. Besides the named actions, any registered
 job's name is an action of its own (the route-key style of API Gateway
