@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -178,3 +179,24 @@ async def test_answers_problems_finds_the_outlast_behind_the_app(served):
     response = await answers_problems(endpoint)(Request({"type": "http", "app": served.ot.app(), "headers": []}))
     assert response.status_code == 503
     assert time.monotonic() - started < HOLD_S
+
+
+def test_a_loop_logs_one_line_per_outage(caplog):
+    """Background loops (claims, heartbeats, positions, the Redis subscription) through an outage."""
+    from outlast.outages import Outage
+
+    outage = Outage(logging.getLogger("outlast.test"), "claiming jobs")
+    caplog.set_level(logging.INFO, "outlast.test")
+    delays = [outage.failed(redis.exceptions.ConnectionError("Connection refused")) for _ in range(10)]
+    assert delays == sorted(delays) and delays[-1] == 5.0  # backoff, up to a cap
+    outage.succeeded()
+    outage.succeeded()
+    assert [r.getMessage() for r in caplog.records] == [
+        "claiming jobs: the store is unavailable (Connection refused); trying again until it is back",
+        "claiming jobs: the store answers again",
+    ]
+    assert not [r for r in caplog.records if r.exc_info]
+    caplog.clear()
+    outage.failed(KeyError("a bug"))  # not an outage: a traceback each time
+    outage.failed(KeyError("a bug"))
+    assert len([r for r in caplog.records if r.exc_info]) == 2
