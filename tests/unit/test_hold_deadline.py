@@ -200,3 +200,14 @@ def test_a_loop_logs_one_line_per_outage(caplog):
     outage.failed(KeyError("a bug"))  # not an outage: a traceback each time
     outage.failed(KeyError("a bug"))
     assert len([r for r in caplog.records if r.exc_info]) == 2
+
+
+async def test_a_stream_whose_store_is_away_ends_without_a_traceback(served, caplog):
+    """Streams are not bound by the hold; when a read they need fails, they end and the client resumes."""
+    job_id = (await served.client.post("/jobs/work", json={}, headers={"Prefer": "respond-async"})).json()["id"]
+    served.flaky.fail.add("events")
+    served.flaky.error = redis.exceptions.ConnectionError("Connection refused")
+    response = await served.client.get(f"/jobs/{job_id}/events")
+    assert response.status_code == 200
+    assert response.text.startswith("retry:")
+    assert not [r for r in caplog.records if r.exc_info]
