@@ -40,10 +40,10 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-# How much of a request's hold is kept back, at most: a tenth of it, up to this. A request's
+# How much of a request's hold is kept back: a twentieth of it, up to this. A request's
 # store calls stop one reserve before the hold ends (so its answer goes out in time), and its
 # waits one more reserve before that (so the read after a wait fits too).
-RESERVE_S = 0.5
+RESERVE_S = 0.25
 
 # When the request being served must have its answer ready (time.monotonic()); None outside requests.
 _answer_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("outlast_answer_by", default=None)
@@ -240,7 +240,7 @@ class Outlast:
         `Retry-After`, never a gateway's `504`).
         """
         hold_s = self.settings.hold_s
-        answer_by = (time.monotonic() if arrived is None else arrived) + hold_s - min(RESERVE_S, hold_s / 10)
+        answer_by = (time.monotonic() if arrived is None else arrived) + hold_s - self._reserve_s
         token = _answer_by.set(answer_by)
         try:
             async with asyncio.timeout(max(0.0, answer_by - time.monotonic())) as scope:
@@ -257,12 +257,16 @@ class Outlast:
         finally:
             _answer_by.reset(token)
 
+    @property
+    def _reserve_s(self) -> float:
+        return min(RESERVE_S, self.settings.hold_s / 20)
+
     def _wait_until(self, wait_s: float) -> float:
         """When a wait of `wait_s` from now ends: earlier if the request served must answer before."""
         until = time.monotonic() + wait_s
         answer_by = _answer_by.get()
         if answer_by is not None:
-            until = min(until, answer_by - min(RESERVE_S, self.settings.hold_s / 10))
+            until = min(until, answer_by - self._reserve_s)
         return until
 
     @contextlib.asynccontextmanager
