@@ -185,6 +185,9 @@ class JobContext:
         # Shielded: a write that has begun completes (and is published) even if
         # the flusher is cancelled because the job just ended.
         self._inflight = asyncio.ensure_future(write(events, progress))
+        # Its failure is retrieved even when no one awaits it any more (the flusher was cancelled
+        # because the job ended): never "Task exception was never retrieved" while the store is away.
+        self._inflight.add_done_callback(_retrieve)
         return await asyncio.shield(self._inflight)
 
     async def _drain(self, write: Write) -> bool:
@@ -207,6 +210,11 @@ class JobContext:
 
     def _cancel(self) -> None:
         self._cancelled.set()
+
+
+def _retrieve(future: asyncio.Future[bool]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _clip(message: str) -> str:

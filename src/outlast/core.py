@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from outlast.admission import Admission
 from outlast.artifacts import ArtifactStorage, LocalStorage, Signer
 from outlast.auth import ApiKeys
 from outlast.deliveries import DEFAULT_EVENTS
-from outlast.exceptions import ConfigError, JobNotFound, QueueFull, UnknownJobName
+from outlast.exceptions import (
+    ConfigError,
+    JobNotFound,
+    QueueFull,
+    StoreUnavailable,
+    UnknownJobName,
+    store_unavailable,
+)
 from outlast.hub import Listener
 from outlast.jobs import Job, JobStatus
 from outlast.metrics import Metrics
@@ -31,6 +39,14 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+
+# How much of a request's hold is kept back: a twentieth of it, up to this. A request's
+# store calls stop one reserve before the hold ends (so its answer goes out in time), and its
+# waits one more reserve before that (so the read after a wait fits too).
+RESERVE_S = 0.25
+
+# When the request being served must have its answer ready (time.monotonic()); None outside requests.
+_answer_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("outlast_answer_by", default=None)
 
 
 class Outlast:
@@ -203,12 +219,55 @@ class Outlast:
             await self._store.close()
             self._store = None
 
-    def run_threadsafe(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on outlast's event loop from another thread (a WSGI view), and wait."""
+    def run_threadsafe(self, coroutine: Coroutine[Any, Any, T], *, arrived: float | None = None) -> T:
+        """Run a coroutine on outlast's event loop from another thread (a WSGI view), and wait.
+
+        With `arrived` (the request's `time.monotonic()`), it is bounded by the hold as `within_hold` says.
+        """
         if self._loop is None:
             coroutine.close()
             raise ConfigError("outlast is not started: serve the app from ot.app()")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        work = coroutine if arrived is None else self.within_hold(coroutine, arrived=arrived)
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    async def within_hold(self, work: Awaitable[T], *, arrived: float | None = None) -> T:
+        """Serve one request: done before its hold ends, however the store behaves.
+
+        The request arrived at `arrived` (`time.monotonic()`, now by default).
+        Waits inside end early enough for the read that follows them; a store
+        call that hangs past the request's deadline is cancelled, and that, or
+        a store that cannot be reached, raises `StoreUnavailable` (a `503` with
+        `Retry-After`, never a gateway's `504`).
+        """
+        hold_s = self.settings.hold_s
+        answer_by = (time.monotonic() if arrived is None else arrived) + hold_s - self._reserve_s
+        token = _answer_by.set(answer_by)
+        try:
+            async with asyncio.timeout(max(0.0, answer_by - time.monotonic())) as scope:
+                return await work
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise StoreUnavailable(f"the store did not answer within the hold ({hold_s:g} s)") from None
+        except Exception as exc:
+            unavailable = store_unavailable(exc)
+            if unavailable is None or unavailable is exc:
+                raise
+            raise unavailable from exc
+        finally:
+            _answer_by.reset(token)
+
+    @property
+    def _reserve_s(self) -> float:
+        return min(RESERVE_S, self.settings.hold_s / 20)
+
+    def _wait_until(self, wait_s: float) -> float:
+        """When a wait of `wait_s` from now ends: earlier if the request served must answer before."""
+        until = time.monotonic() + wait_s
+        answer_by = _answer_by.get()
+        if answer_by is not None:
+            until = min(until, answer_by - self._reserve_s)
+        return until
 
     @contextlib.asynccontextmanager
     async def lifespan(self, *, workers: int | None = None) -> AsyncIterator[Outlast]:
@@ -261,7 +320,7 @@ class Outlast:
         )
         if wait_s <= 0:
             return await self._create(job, start=False)
-        deadline = time.monotonic() + wait_s
+        deadline = self._wait_until(wait_s)
         # Listening before the job exists: none of its events can be missed, so none need reading back.
         with self.store.hub.listen(job.id) as listener:
             stored, created = await self._create(job, start=True)
@@ -288,7 +347,7 @@ class Outlast:
 
         Woken by the store's notifications, never by polling.
         """
-        deadline = time.monotonic() + timeout_s
+        deadline = self._wait_until(timeout_s)
         with self.store.hub.listen(job_id) as listener:
             return await self._until_terminal(listener, await self.get(job_id), deadline)
 

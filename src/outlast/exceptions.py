@@ -11,6 +11,7 @@
     ├── JobNotFinished           an operation that needs a terminal job
     ├── QueueFull                the queue cannot take another job now
     ├── RateLimited              the caller submits faster than allowed
+    ├── StoreUnavailable         the store cannot be reached, or does not answer within the hold
     ├── Unauthorized             no API key where one is needed
     ├── Forbidden                the API key is not known
     │   └── ListingDisabled      lists of jobs are off (no API keys, no dashboard)
@@ -24,6 +25,8 @@ alike, in one place (`outlast.web.problems`).
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import warnings
 from typing import Any
 
@@ -89,6 +92,30 @@ class RateLimited(OutlastError):
     def __init__(self, message: str | None = None, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(OutlastError):
+    """The store cannot be reached now, or did not answer in time: try again later."""
+
+    def __init__(self, message: str | None = None, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """A store's own error that means "unreachable now", as a `StoreUnavailable`; None for any other error.
+
+    Redis that does not answer or is loading (redis-py's `ConnectionError`,
+    `TimeoutError`), SQLite that stays locked by another writer.
+    """
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, sqlite3.OperationalError) and any(word in str(exc) for word in ("locked", "busy")):
+        return StoreUnavailable(f"the store is busy: {exc}")
+    redis_errors = sys.modules.get("redis.exceptions")  # loaded by the Redis store: never imported here
+    if redis_errors is not None and isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        return StoreUnavailable(f"the store cannot be reached: {exc}")
+    return None
 
 
 class Unauthorized(OutlastError):

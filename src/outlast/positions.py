@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterator
 
 from outlast.jobs import Event
+from outlast.outages import Outage
 from outlast.stores.base import JobStore
 
 logger = logging.getLogger("outlast.positions")
@@ -39,6 +40,7 @@ class PositionTracker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unobserve = store.hub.observe_status(self._on_status)
+        self._outage = Outage(logger, "reading queue positions")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outlast-positions")
@@ -80,8 +82,12 @@ class PositionTracker:
             for name in dirty:
                 try:
                     await self._refresh(name)
-                except Exception:
-                    logger.exception("reading the positions of queue %r failed", name)
+                except Exception as exc:
+                    self._dirty.add(name)  # read it again after a pause
+                    self._wake.set()
+                    await asyncio.sleep(self._outage.failed(exc))
+                else:
+                    self._outage.succeeded()
 
     async def _refresh(self, name: str) -> None:
         queue = self._watched.get(name)

@@ -28,6 +28,7 @@ from outlast.context import JobContext, Write
 from outlast.exceptions import Canceled, JobError, RetryableError
 from outlast.jobs import TIMEOUT, WORKER_LOST, ErrorInfo, Job, JobStatus, Outcome, is_json
 from outlast.metrics import Metrics
+from outlast.outages import Outage
 from outlast.registry import JobDefinition
 from outlast.stores.base import JobStore, StartsAtOnce
 
@@ -89,6 +90,9 @@ class Runner:
         self._stopping = asyncio.Event()
         self._unsubscribe = store.hub.on_cancel(self._cancel_local)
         self._starter = store if isinstance(store, StartsAtOnce) else None
+        self._claims = Outage(logger, "claiming jobs")
+        self._claim_backoff_s = 0.0
+        self._maintenance = Outage(logger, "maintenance (heartbeats, reclaims, purges)")
 
     @property
     def running(self) -> int:
@@ -150,16 +154,23 @@ class Runner:
                 self._slots.release()
             want = min(2 * held, self.concurrency) if len(jobs) == held else 1
             if not jobs and not self._stopping.is_set():
-                await self.store.hub.wait_for_work(IDLE_POLL_S)
+                # Idle, or the store is away: then wait longer each time, up to a few seconds.
+                await self.store.hub.wait_for_work(max(IDLE_POLL_S, self._claim_backoff_s))
 
     async def _claim(self, names: list[str], count: int) -> list[Job]:
         claims = [self.store.claim(self.worker, names, self.lease_s) for _ in range(count)]
         jobs = []
+        failure: BaseException | None = None
         for outcome in await asyncio.gather(*claims, return_exceptions=True):
             if isinstance(outcome, Job):
                 jobs.append(outcome)
             elif isinstance(outcome, BaseException):
-                logger.error("claiming a job failed; trying again", exc_info=outcome)
+                failure = outcome
+        if failure is None:
+            self._claims.succeeded()
+            self._claim_backoff_s = 0.0
+        else:
+            self._claim_backoff_s = self._claims.failed(failure)
         return jobs
 
     async def create_started(self, job: Job) -> tuple[Job, bool] | None:
@@ -379,8 +390,10 @@ class Runner:
                     for job_id in await self.store.purge_expired():
                         if self.artifacts is not None:
                             self.artifacts.delete(job_id)  # artifacts go when their job goes
-            except Exception:
-                logger.exception("maintenance failed; trying again")
+            except Exception as exc:
+                self._maintenance.failed(exc)  # the next tick tries again
+            else:
+                self._maintenance.succeeded()
 
     async def _heartbeat(self) -> None:
         leases = {job_id: running.job.token for job_id, running in self._running.items()}

@@ -32,9 +32,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from outlast.deliveries import PENDING, Delivery, deliveries_for
-from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
+from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished, StoreUnavailable
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, job_from_record, job_record, lose_worker
+from outlast.outages import Outage
 from outlast.stores._redis_layout import (
     CAS,
     CLAIM,
@@ -550,22 +551,22 @@ class RedisStore:
     # -- events and cancellations from other nodes ---------------------------------------
 
     async def _listen(self, ready: asyncio.Event) -> None:
-        failures = 0
+        outage = Outage(logger, "the Redis subscription (events of other nodes)")
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.keys.events_channel, self.keys.cancel_channel)
                     ready.set()
-                    failures = 0
+                    outage.succeeded()
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._relay(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("lost the Redis subscription; reconnecting", exc_info=True)
-            failures += 1
-            await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+            except Exception as exc:
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            await asyncio.sleep(outage.failed(StoreUnavailable("the subscription ended")))
 
     def _relay(self, channel: str, data: str) -> None:
         if channel == self.keys.cancel_channel:

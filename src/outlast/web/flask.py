@@ -22,6 +22,7 @@ follows. A WSGI thread waits up to the hold for each such request, so give
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +54,7 @@ def long_running(
 
         @functools.wraps(fn)
         def view(**url_values: Any) -> Response:
+            arrived = time.monotonic()
             if request.method == "HEAD":  # Flask adds HEAD to GET views: start no job for it
                 return _flask(head_refused())
             given = {**request.args.to_dict(), **url_values}
@@ -70,7 +72,7 @@ def long_running(
                     base,
                     as_response=True,
                 )
-                answer = ot.run_threadsafe(serving)
+                answer = ot.run_threadsafe(serving, arrived=arrived)
             except Exception as exc:
                 answer = Answer.problem(describe(exc))
             return _flask(answer)

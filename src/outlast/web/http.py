@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,13 +37,23 @@ if TYPE_CHECKING:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def answers_problems(endpoint: Endpoint) -> Endpoint:
-    """Turn any exception of an endpoint into its problem response."""
+def answers_problems(endpoint: Endpoint, ot: Outlast | None = None) -> Endpoint:
+    """Turn any exception of an endpoint into its problem response.
+
+    The endpoint answers within the hold of `ot` (by default the `Outlast`
+    behind the app): a store that hangs or is away makes a `503
+    store_unavailable`, not a response held past the gateway's timeout.
+    Streams are bound only until their response starts.
+    """
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
+        arrived = time.monotonic()
         try:
-            return await endpoint(request)
+            serving = ot if ot is not None else getattr(request.app.state, "outlast", None)
+            if serving is None:
+                return await endpoint(request)
+            return await serving.within_hold(endpoint(request), arrived=arrived)
         except Exception as exc:
             return from_exception(exc)
 
@@ -78,7 +89,7 @@ class Edge:
         self.ot = ot
 
     def routes(self) -> list[BaseRoute]:
-        e = answers_problems
+        e = functools.partial(answers_problems, ot=self.ot)
         return [
             Route("/jobs", e(self.list_jobs), methods=["GET"]),
             # One route for the three methods of /jobs/{x}, so a 405 lists all of them in Allow.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import time
 import typing
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -67,6 +68,7 @@ def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
 
     @functools.wraps(definition.fn)
     async def endpoint(*args: Any, **kwargs: Any) -> Any:
+        arrived = time.monotonic()
         if len(args) == 1 and isinstance(args[0], Request) and not kwargs:
             # Starlette: parameters come from the query string and the path.
             request = args[0]
@@ -81,7 +83,7 @@ def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
             raw = kwargs
             as_response = False
         try:
-            return await _serve(ot, definition, request, raw, as_response=as_response)
+            return await ot.within_hold(_serve(ot, definition, request, raw, as_response=as_response), arrived=arrived)
         except Exception as exc:
             return from_exception(exc)
 

@@ -22,8 +22,10 @@ from outlast.exceptions import (
     OutlastError,
     QueueFull,
     RateLimited,
+    StoreUnavailable,
     Unauthorized,
     UnknownJobName,
+    store_unavailable,
 )
 
 logger = logging.getLogger("outlast.http")
@@ -38,6 +40,7 @@ PROBLEMS: list[tuple[type[OutlastError], int, str, str]] = [
     (IdempotencyConflict, 422, "idempotency_conflict", "Idempotency-Key reused with another input"),
     (JobNotFinished, 409, "not_finished", "The job has not finished"),
     (QueueFull, 503, "queue_full", "The queue is full"),
+    (StoreUnavailable, 503, "store_unavailable", "The job store is unavailable"),
     (RateLimited, 429, "rate_limited", "Too many submits"),
     (InvalidRequest, 400, "bad_request", "Bad request"),
     (Unauthorized, 401, "unauthorized", "Unauthorized"),
@@ -122,10 +125,13 @@ def describe(exc: Exception) -> Problem:
         return Problem(
             status, exc.type or _default_type(status), TITLES.get(status, "Error"), exc.detail, None, exc.headers
         )
+    exc = store_unavailable(exc) or exc  # Redis down, SQLite locked: a 503 to retry, not a 500
     if isinstance(exc, OutlastError):
         for cls, status, type, title in PROBLEMS:
             if isinstance(exc, cls):
-                if status >= 500:
+                if isinstance(exc, StoreUnavailable):
+                    logger.warning("%s", exc.message)  # an outage: one line a request, no traceback
+                elif status >= 500:
                     logger.error("%s", exc.message)
                 errors = exc.errors if isinstance(exc, InvalidInput) else None
                 return Problem(status, type, title, exc.message, errors, _headers(exc))
@@ -134,7 +140,7 @@ def describe(exc: Exception) -> Problem:
 
 
 def _headers(exc: OutlastError) -> dict[str, str] | None:
-    if isinstance(exc, (QueueFull, RateLimited)):
+    if isinstance(exc, (QueueFull, RateLimited, StoreUnavailable)):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import weakref
 from collections.abc import AsyncGenerator
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from outlast.exceptions import store_unavailable
 from outlast.jobs import TERMINAL, Event, Job, JobStatus
 from outlast.parsing import whole_number
 from outlast.web.links import with_links
@@ -31,6 +33,8 @@ from outlast.web.problems import HTTPProblem
 if TYPE_CHECKING:
     from outlast.core import Outlast
     from outlast.stores.base import JobStore
+
+logger = logging.getLogger("outlast.http")
 
 HEARTBEAT_S = 15.0
 RETRY_MS = 2000
@@ -206,9 +210,15 @@ class EventStream(Response):
         assert task is not None
         hung_up = _HangUp(task, receive)
         try:
-            async with contextlib.aclosing(self.chunks) as chunks:
-                async for chunk in chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            try:
+                async with contextlib.aclosing(self.chunks) as chunks:
+                    async for chunk in chunks:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except Exception as exc:
+                if store_unavailable(exc) is None:
+                    raise
+                # The store is away: end the stream; the client resumes from its cursor (Last-Event-ID).
+                logger.warning("a stream ends: %s", exc)
             # The last event may have gone to thousands of streams at once: let the
             # others write theirs before this one spends time on ending.
             await asyncio.sleep(0)

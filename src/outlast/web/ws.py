@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from outlast.admission import Caller
-from outlast.exceptions import OutlastError, UnknownJobName
+from outlast.exceptions import OutlastError, UnknownJobName, store_unavailable
 from outlast.parsing import FINITE, non_finite
 from outlast.web.http import client_address
 from outlast.web.links import job_json, with_links
@@ -40,6 +40,7 @@ SEND_TIMEOUT_S = 10.0
 MAX_SUBSCRIPTIONS = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_TOO_SLOW = 1013
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_RESTARTING = 1012
 CLOSE_POLICY = 1008
 NAMED_ACTIONS = frozenset({"submit", "subscribe", "unsubscribe", "cancel"})
@@ -126,8 +127,10 @@ class Connection:
                 await self.submit(action, _route_input(message), ref)
         except MessageError as exc:
             await self.error(ref, exc.status, exc.title, exc.detail)
-        except OutlastError as exc:
-            problem = describe(exc)
+        except Exception as exc:
+            if not isinstance(exc, OutlastError) and store_unavailable(exc) is None:
+                raise
+            problem = describe(exc)  # a store that is away too: 503, the client tries again later
             await self.error(ref, problem.status, problem.title, problem.detail)
 
     async def on_submit(self, message: dict[str, Any], ref: Any) -> None:
@@ -195,7 +198,13 @@ class Connection:
                     await self.send({**message, "data": data})
         except TooSlow:
             self.close(CLOSE_TOO_SLOW)
-        except Exception:
+        except Exception as exc:
+            if store_unavailable(exc) is not None:  # the client resumes from its cursor once the store is back
+                problem = describe(exc)
+                with contextlib.suppress(Exception):
+                    await self.error(None, problem.status, problem.title, f"following job {job_id}: {problem.detail}")
+                self.close(CLOSE_TRY_AGAIN_LATER)
+                return
             logger.exception("following job %s for a WebSocket failed", job_id)
             self.close(1011)
 
