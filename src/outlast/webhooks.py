@@ -92,11 +92,45 @@ def check_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052, the well-known prefix
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215, local use: any RFC 6052 prefix length
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d (deprecated, still routed by some stacks)
+SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # ::ffff:0:a.b.c.d, RFC 2765
+
+
+def _ipv4_at(address: ipaddress.IPv6Address, prefix_bits: int) -> ipaddress.IPv4Address:
+    """The IPv4 address embedded after an RFC 6052 prefix of this length (bits 64-71 are skipped)."""
+    octets = [b for i, b in enumerate(address.packed) if i != 8][prefix_bits // 8 : prefix_bits // 8 + 4]
+    return ipaddress.IPv4Address(bytes(octets) if prefix_bits < 96 else address.packed[12:])
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translation or tunnel form; [] for none.
+
+    IPv4-mapped, IPv4-compatible, SIIT, NAT64 (well-known and local-use), 6to4
+    and Teredo (its server and its client) all lead to IPv4 space, and Python's
+    `is_global` judges some of them by the IPv6 prefix alone.
+    """
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in NAT64 or address in IPV4_COMPATIBLE or address in SIIT:
+        return [ipaddress.IPv4Address(address.packed[12:])]
+    if address in NAT64_LOCAL:
+        return [_ipv4_at(address, bits) for bits in (48, 56, 64, 96)]  # whichever the network uses
+    return []
+
+
 def allowed(address: IPAddress, allow: Sequence[Network]) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
     if any(address in network for network in allow):
         return True
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if embedded:  # judged as the IPv4 addresses it reaches (::ffff:127.0.0.1 is 127.0.0.1)
+            return all(allowed(v4, allow) for v4 in embedded)
     # is_global is False for loopback, private, link-local (169.254.169.254),
     # shared (100.64.0.0/10), reserved, unspecified and documentation ranges.
     return address.is_global and not address.is_multicast
