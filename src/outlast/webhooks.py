@@ -45,6 +45,7 @@ TIMEOUT_S = 15.0
 POLL_S = 0.5
 LEASE_S = 60.0
 BATCH = 32
+MAX_RETRY_AFTER_S = 86400.0  # a receiver's Retry-After is honoured up to a day
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 SECRET_SETTING = "webhook_secret"  # noqa: S105 (a name, not a secret)
 
@@ -241,7 +242,16 @@ class Dispatcher:
             await self.store.save_delivery(delivery)
             return
         delivery.attempt += 1
-        status, error, wait_s = await self._attempt(delivery)
+        delivery.last_status = None  # set by _attempt as soon as the receiver answers
+        try:
+            status, error, wait_s = await self._attempt(delivery)
+        except Exception as exc:
+            # Whatever goes wrong with a receiver's answer (a header we can't read, ...),
+            # the attempt is saved and the schedule goes on: never the same delivery for ever.
+            logger.warning("webhook %s: could not handle the receiver's answer: %r", delivery.id, exc)
+            status, error, wait_s = delivery.last_status, f"unreadable answer: {type(exc).__name__}: {exc}"[:500], None
+        if wait_s is not None and not 0 <= wait_s <= MAX_RETRY_AFTER_S:  # nan, inf, negative, years
+            wait_s = MAX_RETRY_AFTER_S if wait_s > MAX_RETRY_AFTER_S else None
         delivery.last_status, delivery.last_error = status, error
         if status is not None and 200 <= status < 300:
             delivery.state = DELIVERED
@@ -278,6 +288,7 @@ class Dispatcher:
             response = await self._client.post(target, content=body, headers=headers, extensions={"sni_hostname": host})
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500], None
+        delivery.last_status = response.status_code
         if 300 <= response.status_code < 400:
             return response.status_code, "redirects are not followed", retry_after_s(response)
         return response.status_code, None, retry_after_s(response)

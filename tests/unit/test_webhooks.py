@@ -199,3 +199,27 @@ def test_local_use_nat64_is_refused_unless_its_network_is_allowed():
     assert not allowed(address, [])
     assert not allowed(ipaddress.IPv6Address("64:ff9b:1::8.8.8.8"), [])  # 0.0.0.0 under a /48 reading
     assert allowed(address, parse_networks(["64:ff9b:1::/48"]))
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "state"),
+    [(200, "\u00b2", "delivered"), (503, "\u00b2", "pending"), (503, "9" * 400, "pending"), (503, "nan", "pending")],
+)
+async def test_any_answer_is_saved_as_one_attempt(status: int, retry_after: str, state: str):
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["93.184.215.14"]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=[(b"retry-after", retry_after.encode("latin-1"))])
+
+    ot = Outlast(store="memory://", workers=0)
+    async with ot.lifespan():
+        dispatcher = Dispatcher(ot.store, new_secret(), resolve=resolver, backoff_s=(0, 5, 10))
+        dispatcher._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        delivery = Delivery("msg_r", "j_r", "https://hooks.example.com/in", "completed", {"id": "j_r"}, 0)
+        before = time.time()
+        await dispatcher.deliver(delivery)
+        await dispatcher._client.aclose()
+    assert (delivery.state, delivery.attempt, delivery.last_status) == (state, 1, status)
+    if state == "pending":
+        assert before + 4 < delivery.next_at <= time.time() + 86400
