@@ -105,21 +105,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         while data:
-            started_in_head = self._in_head
-            if self._in_body:
+            started_in_head, started_in_body = self._in_head, self._in_body
+            if started_in_body:
                 chunk, data = data, b""
             else:
-                if self._head_timer is None:
-                    self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
                 room = self.max_head - self._head_bytes  # > 0: a head that reaches max_head is refused
                 chunk, data = data[:room], data[room:]
             self._begun = 0
             if not self._feed(chunk, data):
                 return
+            # The deadline runs from a head's first byte (blank lines before it included) to its
+            # end; a head that arrives in one chunk, the usual case, never needs a timer.
+            if self._head_timer is None and (
+                self._in_head or (self._begun == 0 and not started_in_head and not started_in_body)
+            ):
+                self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
             if self._in_head:
                 if started_in_head and self._begun == 0:
                     self._head_bytes += len(chunk)
-                elif not started_in_head and self._begun == 1:
+                elif not started_in_head and not started_in_body and self._begun == 1:
                     # The chunk began with this head (or blank lines before it).
                     self._head_bytes = len(chunk)
                 else:
@@ -183,7 +187,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if not self._in_head:  # only blank lines: nothing to answer
-            self.transport.close()
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()  # else the response goes on, and uvicorn's keep-alive timeout follows it
             return
         self._refuse(408, f"the request head was not complete within {self.head_timeout:g} s")
 
