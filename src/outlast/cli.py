@@ -27,6 +27,7 @@ from outlast.stores import JobStore, ListQuery, open_store
 from outlast.stores._sqlite_db import path_from_url
 from outlast.stores.base import MAX_LIST_LIMIT
 from outlast.web.http import find_outlast
+from outlast.web.server import guarded_protocol
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -39,6 +40,9 @@ SETTING_FLAGS: dict[str, type] = {
     "default_wait": float,
     "retention": float,
     "max_body": int,
+    "max_head": int,
+    "max_url": int,
+    "head_timeout": float,
     "workers": int,
     "lease": float,
     "max_attempts": int,
@@ -132,6 +136,10 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # Always httptools, with limits on request heads (outlast.web.server).
+        http=guarded_protocol(
+            max_head=ot.settings.max_head, max_url=ot.settings.max_url, head_timeout=ot.settings.head_timeout
+        ),
         # WebSocket (docs/protocol.md, "Keepalive and reconnecting"): ping every 20 s, drop what does not
         # answer; the size limit is checked per message by outlast (close 1009).
         ws="websockets-sansio",

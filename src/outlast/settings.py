@@ -39,6 +39,15 @@ class Settings(BaseModel):
     max_connections: Annotated[int, Field(ge=1)] = Field(
         10_000, description="open HTTP requests and WebSockets per process; 503 beyond"
     )
+    max_head: Annotated[int, Field(ge=1024)] = Field(
+        64 * 1024, description="the largest request head (request line and headers), in bytes; 431 beyond"
+    )
+    max_url: Annotated[int, Field(ge=256)] = Field(
+        8 * 1024, description="the longest request target (URL), in bytes; 414 beyond"
+    )
+    head_timeout: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="seconds from a request head's first byte to its end; 408 and close beyond"
+    )
     max_queue: Annotated[int, Field(ge=1)] | None = Field(None, description="queued jobs per name; 503 beyond")
     submit_rate: Annotated[float, Field(gt=0)] | None = Field(
         None, description="submits per second per API key (or client address); 429 beyond"

@@ -45,6 +45,7 @@ TIMEOUT_S = 15.0
 POLL_S = 0.5
 LEASE_S = 60.0
 BATCH = 32
+MAX_RETRY_AFTER_S = 86400.0  # a receiver's Retry-After is honoured up to a day
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 SECRET_SETTING = "webhook_secret"  # noqa: S105 (a name, not a secret)
 
@@ -92,11 +93,45 @@ def check_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052, the well-known prefix
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215, local use: any RFC 6052 prefix length
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d (deprecated, still routed by some stacks)
+SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # ::ffff:0:a.b.c.d, RFC 2765
+
+
+def _ipv4_at(address: ipaddress.IPv6Address, prefix_bits: int) -> ipaddress.IPv4Address:
+    """The IPv4 address embedded after an RFC 6052 prefix of this length (bits 64-71 are skipped)."""
+    octets = [b for i, b in enumerate(address.packed) if i != 8][prefix_bits // 8 : prefix_bits // 8 + 4]
+    return ipaddress.IPv4Address(bytes(octets) if prefix_bits < 96 else address.packed[12:])
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a translation or tunnel form; [] for none.
+
+    IPv4-mapped, IPv4-compatible, SIIT, NAT64 (well-known and local-use), 6to4
+    and Teredo (its server and its client) all lead to IPv4 space, and Python's
+    `is_global` judges some of them by the IPv6 prefix alone.
+    """
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in NAT64 or address in IPV4_COMPATIBLE or address in SIIT:
+        return [ipaddress.IPv4Address(address.packed[12:])]
+    if address in NAT64_LOCAL:
+        return [_ipv4_at(address, bits) for bits in (48, 56, 64, 96)]  # whichever the network uses
+    return []
+
+
 def allowed(address: IPAddress, allow: Sequence[Network]) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
     if any(address in network for network in allow):
         return True
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if embedded:  # judged as the IPv4 addresses it reaches (::ffff:127.0.0.1 is 127.0.0.1)
+            return all(allowed(v4, allow) for v4 in embedded)
     # is_global is False for loopback, private, link-local (169.254.169.254),
     # shared (100.64.0.0/10), reserved, unspecified and documentation ranges.
     return address.is_global and not address.is_multicast
@@ -207,7 +242,16 @@ class Dispatcher:
             await self.store.save_delivery(delivery)
             return
         delivery.attempt += 1
-        status, error, wait_s = await self._attempt(delivery)
+        delivery.last_status = None  # set by _attempt as soon as the receiver answers
+        try:
+            status, error, wait_s = await self._attempt(delivery)
+        except Exception as exc:
+            # Whatever goes wrong with a receiver's answer (a header we can't read, ...),
+            # the attempt is saved and the schedule goes on: never the same delivery for ever.
+            logger.warning("webhook %s: could not handle the receiver's answer: %r", delivery.id, exc)
+            status, error, wait_s = delivery.last_status, f"unreadable answer: {type(exc).__name__}: {exc}"[:500], None
+        if wait_s is not None and not 0 <= wait_s <= MAX_RETRY_AFTER_S:  # nan, inf, negative, years
+            wait_s = MAX_RETRY_AFTER_S if wait_s > MAX_RETRY_AFTER_S else None
         delivery.last_status, delivery.last_error = status, error
         if status is not None and 200 <= status < 300:
             delivery.state = DELIVERED
@@ -244,6 +288,7 @@ class Dispatcher:
             response = await self._client.post(target, content=body, headers=headers, extensions={"sni_hostname": host})
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500], None
+        delivery.last_status = response.status_code
         if 300 <= response.status_code < 400:
             return response.status_code, "redirects are not followed", retry_after_s(response)
         return response.status_code, None, retry_after_s(response)

@@ -21,7 +21,7 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 class Receiver:
     """An HTTP receiver on 127.0.0.1 that answers from a script and records what it got."""
 
-    def __init__(self, answers: list[int]) -> None:
+    def __init__(self, answers: list[int | tuple[int, dict[str, str]]]) -> None:
         self.answers = answers
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.got = threading.Condition()
@@ -32,11 +32,14 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 with receiver.got:
                     receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                    status = receiver.answers.pop(0) if receiver.answers else 200
+                    answer = receiver.answers.pop(0) if receiver.answers else 200
                     receiver.got.notify_all()
+                status, extra = answer if isinstance(answer, tuple) else (answer, {})
                 self.send_response(status)
                 if status == 302:
                     self.send_header("Location", "/elsewhere")
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -57,10 +60,10 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Callable[[list[int]], Receiver]]:
+def receiver() -> Iterator[Callable[[list[Any]], Receiver]]:
     made: list[Receiver] = []
 
-    def make(answers: list[int]) -> Receiver:
+    def make(answers: list[int | tuple[int, dict[str, str]]]) -> Receiver:
         made.append(Receiver(answers))
         return made[-1]
 
@@ -115,6 +118,18 @@ def test_a_receiver_that_fails_twice_gets_three_deliveries_with_one_id(serve: An
         assert payload["status"] == "succeeded"
     state = wait_state(server.url, job["id"], "delivered")
     assert (state["attempts"], state["last_status"]) == (3, 200)
+
+
+@pytest.mark.parametrize("retry_after", ["soon", "\u00b2", "Fri, 31 Dec 99999 23:59:59 GMT"])
+def test_an_unreadable_retry_after_is_one_failed_attempt_and_a_200_ends_it(serve: Any, receiver: Any, retry_after: str):
+    hook = receiver([(503, {"Retry-After": retry_after}), (200, {"Retry-After": retry_after})])
+    server = serve(env=env(backoff="0,0.3,60"))
+    job = submit(server.url, hook.url)
+    hook.wait_for(2)
+    state = wait_state(server.url, job["id"], "delivered")
+    assert (state["attempts"], state["last_status"]) == (2, 200)
+    assert len(hook.requests) == 2
+    assert len({headers["webhook-id"] for headers, _ in hook.requests}) == 1
 
 
 def test_a_restart_between_attempts_still_delivers(serve: Any, receiver: Any):

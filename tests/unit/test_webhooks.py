@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from outlast import Outlast
 from outlast.deliveries import Delivery
 from outlast.jobs import Job
-from outlast.webhooks import Dispatcher, new_secret, sign
+from outlast.webhooks import Dispatcher, allowed, embedded_ipv4, new_secret, parse_networks, sign
 
 HOSTILE = [
     "http://127.0.0.1/hook",
@@ -30,6 +31,21 @@ HOSTILE = [
     "gopher://example.com/",
     "ftp://example.com/",
     "http:///nohost",
+    # IPv4 inside IPv6: each reaches the private address it carries.
+    "http://[::127.0.0.1]/hook",  # IPv4-compatible
+    "http://[::a9fe:a9fe]/latest/meta-data/",
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",  # IPv4-mapped
+    "http://[::ffff:a9fe:a9fe]/latest/meta-data/",
+    "http://[::ffff:0:a9fe:a9fe]/latest/meta-data/",  # SIIT
+    "http://[::ffff:0:10.0.0.1]/hook",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64, well-known prefix
+    "http://[64:ff9b::10.0.0.1]/hook",
+    "http://[64:ff9b:1::a9fe:a9fe]/latest/meta-data/",  # NAT64, local use, /96
+    "http://[64:ff9b:1:a9fe:a9:fe00::]/latest/meta-data/",  # NAT64, local use, /48
+    "http://[2002:a9fe:a9fe::1]/latest/meta-data/",  # 6to4
+    "http://[2002:7f00:1::]/hook",
+    "http://[2001:0:4136:e378:8000:63bf:5601:5601]/latest/meta-data/",  # Teredo, client 169.254.169.254
+    "http://[2001:0:a00:1:8000:63bf:f7f7:f7f7]/hook",  # Teredo, server 10.0.0.1
 ]
 
 
@@ -151,3 +167,59 @@ async def test_private_and_odd_urls_are_refused_at_delivery_too(url: str):
         await dispatcher._client.aclose()
     assert sent == []
     assert delivery.state == "pending" and delivery.last_error
+
+
+@pytest.mark.parametrize(
+    ("address", "ipv4"),
+    [
+        ("::ffff:169.254.169.254", "169.254.169.254"),
+        ("::169.254.169.254", "169.254.169.254"),
+        ("::ffff:0:169.254.169.254", "169.254.169.254"),
+        ("64:ff9b::169.254.169.254", "169.254.169.254"),
+        ("2002:a9fe:a9fe::1", "169.254.169.254"),
+        ("2001:0:4136:e378:8000:63bf:5601:5601", "169.254.169.254"),
+    ],
+)
+def test_ipv4_inside_ipv6_is_judged_as_ipv4(address: str, ipv4: str):
+    v6 = ipaddress.IPv6Address(address)
+    assert ipaddress.IPv4Address(ipv4) in embedded_ipv4(v6)
+    assert not allowed(v6, [])
+    assert allowed(v6, parse_networks(["169.254.0.0/16", "65.54.0.0/16"]))  # webhook_allow admits the IPv4
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::8.8.8.8", "::ffff:8.8.8.8", "2002:808:808::1", "2606:4700::1111"])
+def test_public_addresses_through_ipv6_forms_are_allowed(address: str):
+    assert allowed(ipaddress.IPv6Address(address), [])
+
+
+def test_local_use_nat64_is_refused_unless_its_network_is_allowed():
+    """64:ff9b:1::/48 embeds IPv4 where each network chooses (RFC 6052): every reading must be public."""
+    address = ipaddress.IPv6Address("64:ff9b:1::169.254.169.254")
+    assert ipaddress.IPv4Address("169.254.169.254") in embedded_ipv4(address)
+    assert not allowed(address, [])
+    assert not allowed(ipaddress.IPv6Address("64:ff9b:1::8.8.8.8"), [])  # 0.0.0.0 under a /48 reading
+    assert allowed(address, parse_networks(["64:ff9b:1::/48"]))
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "state"),
+    [(200, "\u00b2", "delivered"), (503, "\u00b2", "pending"), (503, "9" * 400, "pending"), (503, "nan", "pending")],
+)
+async def test_any_answer_is_saved_as_one_attempt(status: int, retry_after: str, state: str):
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["93.184.215.14"]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=[(b"retry-after", retry_after.encode("latin-1"))])
+
+    ot = Outlast(store="memory://", workers=0)
+    async with ot.lifespan():
+        dispatcher = Dispatcher(ot.store, new_secret(), resolve=resolver, backoff_s=(0, 5, 10))
+        dispatcher._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        delivery = Delivery("msg_r", "j_r", "https://hooks.example.com/in", "completed", {"id": "j_r"}, 0)
+        before = time.time()
+        await dispatcher.deliver(delivery)
+        await dispatcher._client.aclose()
+    assert (delivery.state, delivery.attempt, delivery.last_status) == (state, 1, status)
+    if state == "pending":
+        assert before + 4 < delivery.next_at <= time.time() + 86400

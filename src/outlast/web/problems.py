@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from outlast.exceptions import (
@@ -55,12 +56,15 @@ TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    408: "Request timeout",
     409: "Conflict",
     413: "Request body too large",
+    414: "URI too long",
     415: "Unsupported media type",
     416: "Range not satisfiable",
     422: "Unprocessable content",
     429: "Too many requests",
+    431: "Request header fields too large",
     500: "Internal server error",
     503: "Service unavailable",
 }
@@ -135,6 +139,10 @@ def describe(exc: Exception) -> Problem:
                     logger.error("%s", exc.message)
                 errors = exc.errors if isinstance(exc, InvalidInput) else None
                 return Problem(status, type, title, exc.message, errors, _headers(exc))
+    if isinstance(exc, ClientDisconnect):
+        # Expected, and any client can cause it: one line, never a traceback (nobody reads the answer).
+        logger.info("the client disconnected before its request was read")
+        return Problem(400, "client_disconnected", TITLES[400], "the client disconnected")
     logger.exception("unexpected error while serving a request", exc_info=exc)
     return Problem(500, "server_error", TITLES[500], "the server could not handle this request")
 
