@@ -25,7 +25,7 @@ async def noop() -> None: ...
 
 def main() -> None:
     which, port = sys.argv[1], int(sys.argv[2])
-    http: type | str = {"guarded": guarded_protocol(), "stock": "httptools"}[which]
+    http: type | str = guarded_protocol() if which == "guarded" else "httptools"
     uvicorn.run(ot.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="uvloop", http=http)
 
 
