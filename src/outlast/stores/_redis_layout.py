@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from outlast.jobs import Job, job_record
+
 # KEYS[1] delayed, KEYS[2] leases; ARGV: now, lease_until, queue key prefix, names...
 # Moves due retries back to their queues, then pops the first job of the first
 # non-empty queue and leases it.
@@ -150,6 +152,11 @@ class Keys:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_document(job: Job, qorder: int | None) -> str:
+    """A job as its key holds it: the record every store maps a job to, and its place in its queue."""
+    return dumps({**job_record(job), "qorder": qorder})
 
 
 class Commands:

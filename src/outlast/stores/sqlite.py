@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from outlast.deliveries import Delivery, deliveries_for
+from outlast.deliveries import Delivery
 from outlast.exceptions import IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
@@ -35,7 +35,16 @@ from outlast.stores._sqlite_db import (
     job_from_row,
     path_from_url,
 )
-from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
+from outlast.stores.base import (
+    HeartbeatResult,
+    ListQuery,
+    Page,
+    decode_cursor,
+    holds_lease,
+    next_event,
+    page_of,
+    publish,
+)
 
 logger = logging.getLogger("outlast.store")
 
@@ -86,14 +95,14 @@ class SQLiteStore:
     # -- helpers that run inside a transaction (on the writer's thread) --------
 
     def _append(self, conn: sqlite3.Connection, job: Job, type: str, data: dict[str, Any]) -> Event:
-        job.last_seq += 1
+        event, deliveries = next_event(job, type, data)
         conn.execute(
             "INSERT INTO events (job_id, seq, type, data, origin) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.last_seq, type, dumps(data), self._origin),
+            (job.id, event.seq, type, dumps(data), self._origin),
         )
-        for delivery in deliveries_for(job, type, data, time.time()):
+        for delivery in deliveries:
             self._put_delivery(conn, delivery, insert=True)
-        return Event(job.id, job.last_seq, type, data)
+        return event
 
     @staticmethod
     def _put_delivery(conn: sqlite3.Connection, delivery: Delivery, *, insert: bool = False) -> None:
@@ -148,8 +157,7 @@ class SQLiteStore:
         return await self._reader.run(read)
 
     def _publish(self, events: Sequence[Event]) -> None:
-        for event in events:
-            self.hub.publish(event)
+        publish(self.hub, events)
         latest = {event.job_id: event.data for event in events if event.type == "status"}
         if any(data.get("status") == "queued" for data in latest.values()):
             self._queued_count += 1
@@ -353,9 +361,7 @@ class SQLiteStore:
 
     def _held(self, conn: sqlite3.Connection, job_id: str, token: int) -> Job | None:
         job = self._load(conn, job_id)
-        if job is None or job.status is not JobStatus.RUNNING or job.token != token:
-            return None
-        return job
+        return job if holds_lease(job, token) else None
 
     async def record(
         self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
