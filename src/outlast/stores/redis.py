@@ -274,17 +274,21 @@ class RedisStore:
 
     async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
         keys = self.keys
-        queued = dataclasses.replace(job, last_seq=1, queue_position=0)  # nothing queued: it would be next
-        events = [Event(job.id, 1, *queued.status_event(), job=queued)]
-        started = dataclasses.replace(queued)
+        started = dataclasses.replace(job, queue_position=0)  # nothing queued: it would be next
+        queued, _ = next_event(started, *started.status_event())  # a queued event calls for no webhook
+        queued.job = dataclasses.replace(started)
         now = time.time()
         started.start(worker, lease_s, now)
-        started.last_seq = 2
-        events.append(Event(job.id, 2, *started.status_event(), job=dataclasses.replace(started)))
+        running, deliveries = next_event(started, *started.status_event())
+        running.job = dataclasses.replace(started)
+        events = [queued, running]
+        commands = Commands()
+        for delivery in deliveries:
+            self._put_delivery(commands, delivery=delivery, new=True)
         idem = "" if job.idempotency_key is None else keys.idempotency(job.owner, job.idempotency_key)
         assert started.lease_until is not None
         args: list[str | float] = [now, keys.queue_prefix, dumps(list(names)), job.id, job.created_at]
-        args += [started.lease_until, dumps(job_record(started)), keys.events_channel]
+        args += [started.lease_until, dumps(job_record(started)), keys.events_channel, dumps(commands.written)]
         for event in events:
             args += [dumps([event.type, event.data]), self._message(event)]
         outcome = await self._create_started(
