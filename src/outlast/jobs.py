@@ -317,17 +317,25 @@ def lose_worker(job: Job, now: float) -> None:
         job.fail(ErrorInfo(WORKER_LOST, "the worker running the job was lost", 500), now)
 
 
+# What a store keeps of a job: every field but its place in the queue, which is worked out when read.
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(Job) if field.name != "queue_position")
+
+
 def job_record(job: Job) -> dict[str, Any]:
-    """Every field of a job as plain JSON-ready values (for stores that keep documents)."""
-    record = dataclasses.asdict(job)
+    """Every field of a job as plain JSON-ready values, the one mapping every store writes.
+
+    The values are the job's own, not copies (`dataclasses.asdict` would copy
+    the input and result on every write): serialise the record, don't change it.
+    """
+    record = {name: getattr(job, name) for name in _RECORD_FIELDS}
     record["status"] = job.status.value
     record["error"] = None if job.error is None else job.error.to_dict()
     record["webhook_events"] = list(job.webhook_events)
-    record.pop("queue_position")
     return record
 
 
 def job_from_record(record: dict[str, Any]) -> Job:
+    """The job a record holds (fields it lacks, from older records, take their defaults)."""
     fields = {name: record[name] for name in Job.__dataclass_fields__ if name in record}
     fields["status"] = JobStatus(fields["status"])
     error = fields.get("error")

@@ -81,3 +81,14 @@ async def test_a_lapsed_lease_of_a_job_started_at_once_is_reclaimed(store: JobSt
     [reclaimed] = await store.reclaim_expired()
     assert reclaimed.id == job.id and reclaimed.status is JobStatus.QUEUED and reclaimed.attempt == 2
     assert await store.finish(job.id, job.token, Outcome.succeeded(None)) is None  # the stale token is refused
+
+
+async def test_a_job_started_at_once_has_its_started_webhook(store: JobStore, starter: StartsAtOnce):
+    hooked = Job.new(
+        "report", {}, max_attempts=3, retention_s=60, webhook_url="https://example.com/h",
+        webhook_events=("started", "completed"),
+    )  # fmt: skip
+    job, created = await starter.create_started(hooked, "w1", ["report"], 30)
+    assert created and job.status is JobStatus.RUNNING
+    [started] = await store.claim_deliveries(lease_s=60, limit=10)
+    assert (started.job_id, started.event, started.payload["status"]) == (job.id, "started", "running")

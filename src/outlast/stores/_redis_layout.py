@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from outlast.jobs import Job, job_record
+
 # KEYS[1] delayed, KEYS[2] leases; ARGV: now, lease_until, queue key prefix, names...
 # Moves due retries back to their queues, then pops the first job of the first
 # non-empty queue and leases it.
@@ -82,7 +84,8 @@ return {raw, extra}
 # events, KEYS[5] leases, KEYS[6] the jobs index, KEYS[7] the queue order counter.
 # ARGV[1] now, ARGV[2] queue key prefix, ARGV[3] the names (JSON), ARGV[4] the job's id,
 # ARGV[5] its created_at, ARGV[6] its lease's end, ARGV[7] its record as started (without
-# qorder), ARGV[8] the events channel, ARGV[9...] pairs of (event, message).
+# qorder), ARGV[8] the events channel, ARGV[9] a JSON array of commands (its webhook
+# deliveries), ARGV[10...] pairs of (event, message).
 # Creates a job already claimed, unless its idempotency key is taken or a due job of one
 # of the names is queued (that one comes first): then it writes nothing.
 CREATE_STARTED = """
@@ -99,9 +102,12 @@ if redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1)[1] then
 end
 local qorder = redis.call('INCR', KEYS[7])
 redis.call('SET', KEYS[3], string.sub(ARGV[7], 1, -2) .. ',"qorder":' .. qorder .. '}')
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   redis.call('RPUSH', KEYS[4], ARGV[i])
   redis.call('PUBLISH', ARGV[8], ARGV[i + 1])
+end
+for _, command in ipairs(cjson.decode(ARGV[9])) do
+  redis.call(unpack(command))
 end
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
 redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4])
@@ -150,6 +156,11 @@ class Keys:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_document(job: Job, qorder: int | None) -> str:
+    """A job as its key holds it: the record every store maps a job to, and its place in its queue."""
+    return dumps({**job_record(job), "qorder": qorder})
 
 
 class Commands:

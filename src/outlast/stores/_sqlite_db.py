@@ -1,4 +1,4 @@
-"""The SQLite store's file: its schema, how a job maps to a row, and a connection with its own thread."""
+"""The SQLite store's file: where it is, and a connection with its own thread that commits writes in groups."""
 
 from __future__ import annotations
 
@@ -13,90 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from outlast.exceptions import ConfigError
-from outlast.jobs import ErrorInfo, Job, JobStatus
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 15_000
 # At most this many writes share one transaction, so that no caller waits on a huge one.
 MAX_GROUP = 256
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    qorder INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    input TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    expires_at REAL,
-    attempt INTEGER NOT NULL,
-    max_attempts INTEGER NOT NULL,
-    timeout_s REAL,
-    retention_s REAL NOT NULL,
-    progress TEXT,
-    result TEXT,
-    error TEXT,
-    owner TEXT NOT NULL DEFAULT '',
-    idempotency_key TEXT,
-    input_hash TEXT NOT NULL,
-    run_after REAL NOT NULL,
-    lease_until REAL,
-    token INTEGER NOT NULL DEFAULT 0,
-    worker TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    webhook_url TEXT,
-    webhook_events TEXT,
-    webhook_progress_at REAL NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, name, qorder);
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (status, lease_until);
-CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (created_at DESC, id DESC);
-CREATE TABLE IF NOT EXISTS events (
-    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    UNIQUE (job_id, seq)
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    record TEXT NOT NULL,
-    state TEXT NOT NULL,
-    next_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
-CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
-CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-# Columns written back by `_save` after a transition (everything that can change).
-MUTABLE = (
-    "status",
-    "started_at",
-    "finished_at",
-    "expires_at",
-    "attempt",
-    "progress",
-    "result",
-    "error",
-    "run_after",
-    "lease_until",
-    "token",
-    "worker",
-    "cancel_requested",
-    "last_seq",
-    "webhook_progress_at",
-)
 
 
 def path_from_url(url: str) -> str:
@@ -112,75 +34,6 @@ def path_from_url(url: str) -> str:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def job_from_row(row: sqlite3.Row) -> Job:
-    error = loads(row["error"])
-    return Job(
-        id=row["id"],
-        name=row["name"],
-        input=json.loads(row["input"]),
-        status=JobStatus(row["status"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        expires_at=row["expires_at"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        timeout_s=row["timeout_s"],
-        retention_s=row["retention_s"],
-        progress=loads(row["progress"]),
-        result=loads(row["result"]),
-        error=None if error is None else ErrorInfo.from_dict(error),
-        owner=row["owner"] or None,
-        idempotency_key=row["idempotency_key"],
-        input_hash=row["input_hash"],
-        run_after=row["run_after"],
-        lease_until=row["lease_until"],
-        token=row["token"],
-        worker=row["worker"],
-        cancel_requested=bool(row["cancel_requested"]),
-        last_seq=row["last_seq"],
-        webhook_url=row["webhook_url"],
-        webhook_events=tuple(loads(row["webhook_events"]) or ()),
-        webhook_progress_at=row["webhook_progress_at"],
-    )
-
-
-def column_values(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "name": job.name,
-        "status": job.status.value,
-        "input": dumps(job.input),
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "expires_at": job.expires_at,
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "timeout_s": job.timeout_s,
-        "retention_s": job.retention_s,
-        "progress": None if job.progress is None else dumps(job.progress),
-        "result": dumps(job.result) if job.status is JobStatus.SUCCEEDED else None,
-        "error": None if job.error is None else dumps(job.error.to_dict()),
-        "owner": job.owner or "",
-        "idempotency_key": job.idempotency_key,
-        "input_hash": job.input_hash,
-        "run_after": job.run_after,
-        "lease_until": job.lease_until,
-        "token": job.token,
-        "worker": job.worker,
-        "cancel_requested": int(job.cancel_requested),
-        "last_seq": job.last_seq,
-        "webhook_url": job.webhook_url,
-        "webhook_events": dumps(list(job.webhook_events)),
-        "webhook_progress_at": job.webhook_progress_at,
-    }
 
 
 @dataclasses.dataclass(slots=True)

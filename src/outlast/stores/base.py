@@ -12,10 +12,11 @@ import binascii
 import dataclasses
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
-from outlast.deliveries import Delivery
+from outlast.deliveries import Delivery, deliveries_for
 from outlast.exceptions import InvalidRequest
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome
@@ -143,6 +144,33 @@ class StartsAtOnce(Protocol):
 
 
 # -- helpers shared by the stores --------------------------------------------
+
+
+def holds_lease(job: Job | None, token: int) -> TypeGuard[Job]:
+    """Whether the worker with `token` may still write to `job` (fencing).
+
+    A worker whose lease ran out may still be running: once the job was claimed
+    again (a new token) or ended, its late writes must be refused, or they would
+    overwrite its successor's.
+    """
+    return job is not None and job.status is JobStatus.RUNNING and job.token == token
+
+
+def next_event(job: Job, type: str, data: dict[str, Any]) -> tuple[Event, list[Delivery]]:
+    """`job`'s next event, numbered, and the webhook deliveries it calls for.
+
+    The store writes both in the transaction that changes the job, so a crash
+    cannot keep the event and lose its delivery; once that is committed, it
+    `publish`es the event.
+    """
+    job.last_seq += 1
+    return Event(job.id, job.last_seq, type, data), deliveries_for(job, type, data, time.time())
+
+
+def publish(hub: Hub, events: Iterable[Event]) -> None:
+    """Tell this process's listeners of events already stored (a listener may read them back at once)."""
+    for event in events:
+        hub.publish(event)
 
 
 def encode_cursor(job: Job) -> str:

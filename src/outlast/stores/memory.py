@@ -13,11 +13,20 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from outlast.deliveries import PENDING, Delivery, deliveries_for
+from outlast.deliveries import PENDING, Delivery
 from outlast.exceptions import IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
-from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
+from outlast.stores.base import (
+    HeartbeatResult,
+    ListQuery,
+    Page,
+    decode_cursor,
+    holds_lease,
+    next_event,
+    page_of,
+    publish,
+)
 
 
 class MemoryStore:
@@ -38,16 +47,13 @@ class MemoryStore:
         pass
 
     def _append(self, job: Job, type: str, data: dict[str, Any]) -> Event:
-        job.last_seq += 1
-        event = Event(job.id, job.last_seq, type, data)
+        event, deliveries = next_event(job, type, data)
         self._events[job.id].append(event)
-        for delivery in deliveries_for(job, type, data, time.time()):
-            self._deliveries[delivery.id] = delivery
+        self._deliveries.update((delivery.id, delivery) for delivery in deliveries)
         return event
 
     def _publish(self, events: Sequence[Event]) -> None:
-        for event in events:
-            self.hub.publish(event)
+        publish(self.hub, events)
 
     def _status_event(self, job: Job) -> Event:
         job.queue_position = self._position(job)
@@ -162,7 +168,7 @@ class MemoryStore:
         cancel, lost = set(), set()
         for job_id, token in leases.items():
             job = self._jobs.get(job_id)
-            if job is None or job.status is not JobStatus.RUNNING or job.token != token:
+            if not holds_lease(job, token):
                 lost.add(job_id)
                 continue
             job.lease_until = now + lease_s
@@ -175,9 +181,7 @@ class MemoryStore:
 
     def _held(self, job_id: str, token: int) -> Job | None:
         job = self._jobs.get(job_id)
-        if job is None or job.status is not JobStatus.RUNNING or job.token != token:
-            return None
-        return job
+        return job if holds_lease(job, token) else None
 
     async def record(
         self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None

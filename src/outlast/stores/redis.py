@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from outlast.deliveries import PENDING, Delivery, deliveries_for
+from outlast.deliveries import PENDING, Delivery
 from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished, StoreUnavailable
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, job_from_record, job_record, lose_worker
@@ -45,8 +45,18 @@ from outlast.stores._redis_layout import (
     Commands,
     Keys,
     dumps,
+    job_document,
 )
-from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
+from outlast.stores.base import (
+    HeartbeatResult,
+    ListQuery,
+    Page,
+    decode_cursor,
+    holds_lease,
+    next_event,
+    page_of,
+    publish,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -149,7 +159,7 @@ class RedisStore:
             if not apply(job, change):
                 return job, change
             commands = Commands()
-            commands.set(key, dumps({**job_record(job), "qorder": record.get("qorder")}))
+            commands.set(key, job_document(job, record.get("qorder")))
             for event in change.events:
                 commands.rpush(self.keys.events(job_id), dumps([event.type, event.data]))
             for op in change.ops:
@@ -163,9 +173,9 @@ class RedisStore:
                 return job, change
 
     def _append(self, job: Job, change: _Change, type: str, data: dict[str, Any]) -> None:
-        job.last_seq += 1
-        change.events.append(Event(job.id, job.last_seq, type, data))
-        for delivery in deliveries_for(job, type, data, time.time()):
+        event, deliveries = next_event(job, type, data)
+        change.events.append(event)
+        for delivery in deliveries:
             change.ops.append(functools.partial(self._put_delivery, delivery=delivery, new=True))
 
     def _put_delivery(self, pipe: Any, *, delivery: Delivery, new: bool = False) -> None:
@@ -219,8 +229,7 @@ class RedisStore:
 
     def _published(self, events: Sequence[Event]) -> None:
         """After the transaction: the same events to this process's own listeners."""
-        for event in events:
-            self.hub.publish(event)
+        publish(self.hub, events)
 
     async def _qorder(self, job_id: str) -> float:
         raw = await self._redis.get(self.keys.job(job_id))
@@ -251,7 +260,7 @@ class RedisStore:
                     job.queue_position = position
                     event = Event(job.id, 1, *job.status_event(), job=dataclasses.replace(job))
                     pipe.multi()
-                    pipe.set(keys.job(job.id), dumps({**job_record(job), "qorder": qorder}))
+                    pipe.set(keys.job(job.id), job_document(job, qorder))
                     pipe.rpush(keys.events(job.id), dumps([event.type, event.data]))
                     pipe.zadd(keys.queue(job.name), {job.id: qorder})
                     pipe.zadd(keys.jobs, {job.id: job.created_at})
@@ -266,17 +275,21 @@ class RedisStore:
 
     async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
         keys = self.keys
-        queued = dataclasses.replace(job, last_seq=1, queue_position=0)  # nothing queued: it would be next
-        events = [Event(job.id, 1, *queued.status_event(), job=queued)]
-        started = dataclasses.replace(queued)
+        started = dataclasses.replace(job, queue_position=0)  # nothing queued: it would be next
+        queued, _ = next_event(started, *started.status_event())  # a queued event calls for no webhook
+        queued.job = dataclasses.replace(started)
         now = time.time()
         started.start(worker, lease_s, now)
-        started.last_seq = 2
-        events.append(Event(job.id, 2, *started.status_event(), job=dataclasses.replace(started)))
+        running, deliveries = next_event(started, *started.status_event())
+        running.job = dataclasses.replace(started)
+        events = [queued, running]
+        commands = Commands()
+        for delivery in deliveries:
+            self._put_delivery(commands, delivery=delivery, new=True)
         idem = "" if job.idempotency_key is None else keys.idempotency(job.owner, job.idempotency_key)
         assert started.lease_until is not None
         args: list[str | float] = [now, keys.queue_prefix, dumps(list(names)), job.id, job.created_at]
-        args += [started.lease_until, dumps(job_record(started)), keys.events_channel]
+        args += [started.lease_until, dumps(job_record(started)), keys.events_channel, dumps(commands.written)]
         for event in events:
             args += [dumps([event.type, event.data]), self._message(event)]
         outcome = await self._create_started(
@@ -398,12 +411,12 @@ class RedisStore:
         raws = await self._redis.mget([self.keys.job(job_id) for job_id in ids])
         cancel, lost, held = set(), set(), []
         for job_id, raw in zip(ids, raws, strict=True):
-            record = None if raw is None else json.loads(raw)
-            if record is None or record["status"] != "running" or record["token"] != leases[job_id]:
+            job = None if raw is None else job_from_record(json.loads(raw))
+            if not holds_lease(job, leases[job_id]):
                 lost.add(job_id)
                 continue
             held.append(job_id)
-            if record["cancel_requested"]:
+            if job.cancel_requested:
                 cancel.add(job_id)
         if held:
             until = time.time() + lease_s
@@ -419,15 +432,11 @@ class RedisStore:
             job_id for job_id, raw in zip(ids, raws, strict=True) if raw and json.loads(raw)["cancel_requested"]
         )
 
-    @staticmethod
-    def _holds(job: Job, token: int) -> bool:
-        return job.status is JobStatus.RUNNING and job.token == token
-
     async def record(
         self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
     ) -> bool:
         def record(job: Job, change: _Change) -> bool:
-            if not self._holds(job, token):
+            if not holds_lease(job, token):
                 return False
             if progress is not None:
                 job.progress = progress
@@ -443,7 +452,7 @@ class RedisStore:
         qorder = await self._qorder(job_id)
 
         def finish(job: Job, change: _Change) -> bool:
-            if not self._holds(job, token):
+            if not holds_lease(job, token):
                 return False
             outcome.apply(job, time.time())
             self._transitioned(job, qorder, change)

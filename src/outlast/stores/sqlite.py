@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -22,25 +23,31 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from outlast.deliveries import Delivery, deliveries_for
+from outlast.deliveries import Delivery
 from outlast.exceptions import IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
-from outlast.stores._sqlite_db import (
-    MUTABLE,
-    SCHEMA,
-    Connection,
-    column_values,
-    dumps,
-    job_from_row,
-    path_from_url,
+from outlast.stores._sqlite_db import Connection, dumps, path_from_url
+from outlast.stores._sqlite_schema import INSERT_JOB, UPDATE_JOB, VERSION, job_from_row, job_row, upgrade, version
+from outlast.stores.base import (
+    HeartbeatResult,
+    ListQuery,
+    Page,
+    decode_cursor,
+    holds_lease,
+    next_event,
+    page_of,
+    publish,
 )
-from outlast.stores.base import HeartbeatResult, ListQuery, Page, decode_cursor, page_of
 
 logger = logging.getLogger("outlast.store")
 
 POLL_INTERVAL_S = 0.05
 POLL_BATCH = 1000
+
+
+def _last_event(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0])
 
 
 class SQLiteStore:
@@ -63,16 +70,22 @@ class SQLiteStore:
         return cls(path_from_url(url))
 
     async def open(self) -> None:
-        parent = Path(self.path).parent
-        parent.mkdir(parents=True, exist_ok=True)
-
-        def init(conn: sqlite3.Connection) -> int:
-            conn.executescript(SCHEMA)
-            row = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()
-            return int(row[0])
-
-        self._seen_rowid = await self._writer.run(init)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._upgrade()
+            self._seen_rowid = await self._writer.run(_last_event)
+        except BaseException:
+            await self.close()  # no thread or connection is left behind
+            raise
         self._poller = asyncio.create_task(self._poll_events(), name="outlast-sqlite-poller")
+
+    async def _upgrade(self) -> None:
+        """Create the schema, or upgrade an older file's; refuse a newer one (`ConfigError`).
+
+        A file already up to date costs one read, without the write lock.
+        """
+        if await self._writer.run(functools.partial(version, path=self.path)) != VERSION:
+            await self._writer.write(functools.partial(upgrade, path=self.path))
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -86,14 +99,14 @@ class SQLiteStore:
     # -- helpers that run inside a transaction (on the writer's thread) --------
 
     def _append(self, conn: sqlite3.Connection, job: Job, type: str, data: dict[str, Any]) -> Event:
-        job.last_seq += 1
+        event, deliveries = next_event(job, type, data)
         conn.execute(
             "INSERT INTO events (job_id, seq, type, data, origin) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.last_seq, type, dumps(data), self._origin),
+            (job.id, event.seq, type, dumps(data), self._origin),
         )
-        for delivery in deliveries_for(job, type, data, time.time()):
+        for delivery in deliveries:
             self._put_delivery(conn, delivery, insert=True)
-        return Event(job.id, job.last_seq, type, data)
+        return event
 
     @staticmethod
     def _put_delivery(conn: sqlite3.Connection, delivery: Delivery, *, insert: bool = False) -> None:
@@ -112,10 +125,9 @@ class SQLiteStore:
         event.job = dataclasses.replace(job)
         return event
 
-    def _save(self, conn: sqlite3.Connection, job: Job) -> None:
-        values = column_values(job)
-        assignments = ", ".join(f"{column} = :{column}" for column in MUTABLE)
-        conn.execute(f"UPDATE jobs SET {assignments} WHERE id = :id", values)
+    @staticmethod
+    def _save(conn: sqlite3.Connection, job: Job) -> None:
+        conn.execute(UPDATE_JOB, job_row(job))
 
     def _transition(self, conn: sqlite3.Connection, job: Job) -> Event:
         """Persist a job just moved to a new status, with its status event."""
@@ -148,8 +160,7 @@ class SQLiteStore:
         return await self._reader.run(read)
 
     def _publish(self, events: Sequence[Event]) -> None:
-        for event in events:
-            self.hub.publish(event)
+        publish(self.hub, events)
         latest = {event.job_id: event.data for event in events if event.type == "status"}
         if any(data.get("status") == "queued" for data in latest.values()):
             self._queued_count += 1
@@ -179,10 +190,7 @@ class SQLiteStore:
             worker, lease_s = start
             created.start(worker, lease_s, time.time())
             events.append(self._status_event(conn, created))
-        values = column_values(created)  # one row, written as it ends up
-        columns = ", ".join(values)
-        placeholders = ", ".join(f":{c}" for c in values)
-        conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({placeholders})", values)
+        conn.execute(INSERT_JOB, job_row(created))  # one row, written as it ends up
         return created, events
 
     # -- the protocol -----------------------------------------------------------
@@ -353,9 +361,7 @@ class SQLiteStore:
 
     def _held(self, conn: sqlite3.Connection, job_id: str, token: int) -> Job | None:
         job = self._load(conn, job_id)
-        if job is None or job.status is not JobStatus.RUNNING or job.token != token:
-            return None
-        return job
+        return job if holds_lease(job, token) else None
 
     async def record(
         self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
@@ -367,15 +373,7 @@ class SQLiteStore:
             if progress is not None:
                 job.progress = progress
             written = [self._append(conn, job, type, data) for type, data in events]
-            conn.execute(
-                "UPDATE jobs SET progress = ?, last_seq = ?, webhook_progress_at = ? WHERE id = ?",
-                (
-                    None if job.progress is None else dumps(job.progress),
-                    job.last_seq,
-                    job.webhook_progress_at,
-                    job_id,
-                ),
-            )
+            self._save(conn, job)
             return written
 
         written = await self._writer.write(record)
