@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import email.utils
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +36,7 @@ import httpx
 
 from outlast.deliveries import DEFAULT_EVENTS, DELIVERED, FAILED, GONE, WEBHOOK_EVENTS, Delivery
 from outlast.exceptions import ConfigError, InvalidInput
+from outlast.retry_after import parse_retry_after
 from outlast.stores.base import JobStore
 
 logger = logging.getLogger("outlast.webhooks")
@@ -175,15 +175,7 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    if raw is None:
-        return None
-    if raw.strip().isdigit():
-        return float(raw)
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(raw)
-        return max(0.0, when.timestamp() - time.time())
-    return None
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 class Dispatcher:

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx
 
+from outlast.client._backoff import DEFAULT_PATIENCE_S, Backoff, Deadline, Retry
 from outlast.client._errors import JobCanceled, JobFailed, JobTimeout, ProblemError, ServerUnavailable
-from outlast.client._transports import (
-    MODES,
-    RETRYABLE_STATUS,
-    TERMINAL,
-    Deadline,
-    Follower,
-    JobEvent,
-    Mode,
-    OnUpdate,
-    backoff_s,
-    parse_sse,
-)
+from outlast.client._transports import MODES, RETRYABLE_STATUS, TERMINAL, Follower, JobEvent, Mode, OnUpdate, parse_sse
+from outlast.retry_after import parse_retry_after
 
-DEFAULT_PATIENCE_S = 120.0
 MAX_REDIRECTS = 1000
 USER_AGENT = "outlast-client"
 
@@ -39,7 +28,7 @@ class AsyncClient:
     `mode` chooses how to wait: `"auto"` (Server-Sent Events, falling back to
     long-polling), `"sse"`, `"ws"`, `"long-poll"` or `"poll"`. A server that
     can't be reached is retried with backoff until the call's timeout, or for
-    `patience_s` when there is none.
+    `patience_s` seconds when there is none (`None`: for ever); see `Backoff`.
     """
 
     def __init__(
@@ -56,10 +45,14 @@ class AsyncClient:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.mode: Mode = mode
-        self.patience_s = patience_s
+        self.backoff = Backoff(patience_s=patience_s)
         headers = {"User-Agent": USER_AGENT, **self._auth_headers()}
         timeout = httpx.Timeout(10.0, read=60.0)  # reads outlast the server's hold
         self._http = http or httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @property
+    def patience_s(self) -> float | None:
+        return self.backoff.patience_s
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -154,27 +147,18 @@ class AsyncClient:
 
     async def _request(self, method: str, url: str, *, deadline: Deadline, **kwargs: Any) -> httpx.Response:
         """Send; retry connection errors and 502/503/504 with backoff while time allows."""
-        failures = 0
-        waited_s = 0.0
+        retry = Retry(self.backoff, deadline)
         while True:
-            response: httpx.Response | None = None
+            hint_s = None
             try:
                 response = await self._http.request(method, url, **kwargs)
                 if response.status_code not in RETRYABLE_STATUS:
                     return response
                 reason = f"{response.status_code} from the server"
+                hint_s = parse_retry_after(response.headers.get("retry-after"))
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            hinted = None if response is None else _retry_after(response)
-            delay = hinted if hinted is not None else backoff_s(failures)
-            failures += 1
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= delay:
-                raise JobTimeout(None, None, deadline.timeout_s)
-            if remaining is None and self.patience_s is not None and waited_s + delay > self.patience_s:
-                raise ServerUnavailable(f"{method} {url}: {reason}")
-            waited_s += delay
-            await asyncio.sleep(delay)
+            await retry.pause(f"{method} {url}: {reason}", hint_s)
 
     @staticmethod
     def _json_or_raise(response: httpx.Response) -> Any:
@@ -189,12 +173,15 @@ class AsyncClient:
             if response.status_code == 204:
                 return
             if response.status_code in RETRYABLE_STATUS:
-                raise ServerUnavailable(f"{response.status_code} from the server")
+                hint_s = parse_retry_after(response.headers.get("retry-after"))
+                raise ServerUnavailable(f"{response.status_code} from the server", retry_after_s=hint_s)
             if not response.is_success:
                 await response.aread()
                 raise ProblemError(_problem(response))
-            async with asyncio.timeout(deadline.remaining()):
-                async for event in parse_sse(response.aiter_lines(), job_id):
+            # Closed here, not left to the garbage collector, which may come when the loop is gone.
+            events = parse_sse(response.aiter_lines(), job_id)
+            async with asyncio.timeout(deadline.remaining()), contextlib.aclosing(events):
+                async for event in events:
                     yield event
 
 
@@ -217,9 +204,8 @@ class AsyncJobHandle:
         self, timeout: float | None = None, *, on_progress: OnUpdate | None = None, mode: Mode | None = None
     ) -> dict[str, Any]:
         """The job object once it has ended (whatever its status); `JobTimeout` if not in time."""
-        follower = Follower(self.client, self.job, Deadline(timeout), on_progress)
-        self.job = await follower.wait(mode or self.client.mode)
-        return self.job
+        follower = Follower(self, Deadline(timeout), on_progress)
+        return await follower.wait(mode or self.client.mode)
 
     async def result(
         self, timeout: float | None = None, *, on_progress: OnUpdate | None = None, mode: Mode | None = None
@@ -228,8 +214,7 @@ class AsyncJobHandle:
         return await self._result(Deadline(timeout), on_progress, mode)
 
     async def _result(self, deadline: Deadline, on_progress: OnUpdate | None, mode: Mode | None) -> Any:
-        follower = Follower(self.client, self.job, deadline, on_progress)
-        self.job = await follower.wait(mode or self.client.mode)
+        await Follower(self, deadline, on_progress).wait(mode or self.client.mode)
         if self.job["status"] == "succeeded":
             return self.job["result"]
         response = await self.client._request("GET", f"/jobs/{self.id}/result", deadline=Deadline(30))
@@ -241,13 +226,13 @@ class AsyncJobHandle:
     async def events(self, after: int = 0) -> AsyncGenerator[JobEvent, None]:
         """The job's events after `after`, then live ones, until it ends (SSE, resumed if dropped)."""
         cursor = after
-        failures = 0
-        failing_since: float | None = None
+        retry = Retry(self.client.backoff, Deadline(None))
         while True:
+            hint_s = None
             try:
                 async with contextlib.aclosing(self.client._sse(self.id, cursor, Deadline(None))) as stream:
                     async for event in stream:
-                        failures = 0
+                        retry.succeeded()
                         cursor = event.seq if event.seq is not None else cursor
                         yield event
                         if event.type == "status" and event.data.get("status") in TERMINAL:
@@ -257,15 +242,12 @@ class AsyncJobHandle:
                 if job["status"] in TERMINAL and cursor >= 1:
                     self.job = job
                     return
-            except (httpx.TransportError, ServerUnavailable):
-                failing_since = failing_since or time.monotonic()
-                patience = self.client.patience_s
-                if patience is not None and time.monotonic() - failing_since > patience:
-                    raise ServerUnavailable(f"the server did not answer for job {self.id}") from None
-            else:
-                failing_since = None
-            await asyncio.sleep(backoff_s(failures))
-            failures += 1
+                retry.answered()
+            except httpx.TransportError:
+                pass
+            except ServerUnavailable as exc:
+                hint_s = exc.retry_after_s
+            await retry.pause(f"the server did not answer for job {self.id}", hint_s)
 
     async def cancel(self) -> dict[str, Any]:
         response = await self.client._request("POST", f"/jobs/{self.id}/cancel", deadline=Deadline(30))
@@ -282,11 +264,6 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     if isinstance(body, dict) and "status" in body:
         return body
     return {"type": "about:blank", "title": response.reason_phrase, "status": response.status_code, "detail": ""}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after", "")
-    return min(float(raw), 60.0) if raw.isdigit() else None
 
 
 def _job_id_in(location: str) -> str | None:

@@ -2,7 +2,7 @@
 
 OutlastError
 └── ClientError                 something went wrong on the client's side of the protocol
-    ├── ServerUnavailable       the server could not be reached (or answered 502/503/504) in time
+    ├── ServerUnavailable       the server could not be reached (or answered 502/503/504) in time: .retry_after_s
     ├── ProblemError            the server answered with a problem (RFC 9457): .status, .type, .detail
     │   ├── JobFailed           the job ended `failed`: .job, and the problem `/result` answered
     │   └── JobCanceled         the job ended `canceled`
@@ -22,6 +22,10 @@ class ClientError(OutlastError):
 
 class ServerUnavailable(ClientError):
     """The server could not be reached in time."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the server's `Retry-After`, when it gave one
 
 
 class ProblemError(ClientError):

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from outlast.client._async import DEFAULT_PATIENCE_S, AsyncClient, AsyncJobHandle
+from outlast.client._async import AsyncClient, AsyncJobHandle
+from outlast.client._backoff import DEFAULT_PATIENCE_S
 from outlast.client._transports import JobEvent, Mode, OnUpdate
 
 T = TypeVar("T")

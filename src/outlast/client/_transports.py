@@ -2,8 +2,8 @@
 
 Each follows one job until its terminal status, reporting what it sees to an
 `on_update` callback, and survives dropped connections and a server that is
-down for a while: it reconnects with backoff and resumes from the last event
-it saw, until the caller's deadline.
+down for a while: it reconnects with backoff (`_backoff`) and resumes from the
+last event it saw, until the caller's deadline.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import contextlib
 import dataclasses
 import json
 import random
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from outlast.client._backoff import Deadline, Retry
 from outlast.client._errors import JobTimeout, ProblemError, ServerUnavailable
+from outlast.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
-    from outlast.client._async import AsyncClient
+    from outlast.client._async import AsyncJobHandle
 
 Mode = Literal["auto", "sse", "ws", "long-poll", "poll"]
 MODES: tuple[Mode, ...] = ("auto", "sse", "ws", "long-poll", "poll")
@@ -30,7 +31,6 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 LONG_POLL_S = 25.0  # the server caps it at its hold
 POLL_MIN_S, POLL_MAX_S = 1.0, 10.0
-BACKOFF_BASE_S, BACKOFF_MAX_S = 0.25, 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -56,35 +56,25 @@ class Update:
 OnUpdate = Callable[[Update], Any]
 
 
-def backoff_s(attempt: int) -> float:
-    """Capped exponential backoff with jitter: 0.25 s, 0.5 s, 1 s, … 5 s, each times [0.5, 1)."""
-    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * random.uniform(0.5, 1.0))
-
-
-class Deadline:
-    def __init__(self, timeout_s: float | None) -> None:
-        self.timeout_s = timeout_s
-        self.at = None if timeout_s is None else time.monotonic() + timeout_s
-
-    def remaining(self) -> float | None:
-        return None if self.at is None else self.at - time.monotonic()
-
-    def expired(self) -> bool:
-        remaining = self.remaining()
-        return remaining is not None and remaining <= 0
-
-
 class Follower:
-    """Follows one job for one `wait()`: keeps the cursor, the last job seen, the callback."""
+    """Follows one job for one `wait()`: keeps the cursor, the retries, the callback.
 
-    def __init__(self, client: AsyncClient, job: dict[str, Any], deadline: Deadline, on_update: OnUpdate | None):
-        self.client = client
-        self.job = job
-        self.job_id: str = job["id"]
+    The job as last seen is kept on the handle, so that it is up to date when
+    the wait ends early (a timeout, Ctrl-C).
+    """
+
+    def __init__(self, handle: AsyncJobHandle, deadline: Deadline, on_update: OnUpdate | None) -> None:
+        self.handle = handle
+        self.client = handle.client
+        self.job_id = handle.id
         self.deadline = deadline
         self.on_update = on_update
         self.cursor = 0
-        self.failures = 0
+        self.retry = Retry(self.client.backoff, deadline)
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return self.handle.job
 
     # -- shared -----------------------------------------------------------------------
 
@@ -95,7 +85,7 @@ class Follower:
                 await outcome
 
     async def saw_job(self, job: dict[str, Any]) -> None:
-        self.job = job
+        self.handle.job = job
         await self.tell(Update(self.job_id, job["status"], job.get("progress"), job.get("queue_position")))
 
     async def saw_event(self, event: JobEvent) -> bool:
@@ -115,20 +105,9 @@ class Follower:
             )
         return False
 
-    async def pause(self) -> None:
-        """After a failure: back off, unless that would pass the deadline."""
-        delay = backoff_s(self.failures)
-        self.failures += 1
-        remaining = self.deadline.remaining()
-        if remaining is not None and remaining <= delay:
-            raise JobTimeout(self.job_id, self.job, self.deadline.timeout_s)
-        if (
-            self.failures > 1
-            and self.client.patience_s is not None
-            and self.failures * BACKOFF_MAX_S > self.client.patience_s
-        ):
-            raise ServerUnavailable(f"the server did not answer for job {self.job_id}")
-        await asyncio.sleep(delay)
+    async def pause(self, hint_s: float | None = None) -> None:
+        """After a failure: back off, within the deadline or the patience."""
+        await self.retry.pause(f"the server did not answer for job {self.job_id}", hint_s)
 
     def check_deadline(self) -> None:
         if self.deadline.expired():
@@ -161,25 +140,29 @@ class Follower:
     async def sse(self, *, fallback: bool) -> dict[str, Any]:
         while True:
             self.check_deadline()
+            hint_s = None
             try:
                 async with contextlib.aclosing(self.client._sse(self.job_id, self.cursor, self.deadline)) as events:
                     async for event in events:
-                        self.failures = 0
+                        self.retry.succeeded()
                         if await self.saw_event(event):
                             return self.job
                 # The stream ended without the terminal event: 204 (it has ended), or a proxy cut it.
                 job = await self.refresh()
                 if job["status"] in TERMINAL:
                     return job
+                self.retry.answered()
             except ProblemError as exc:
                 if fallback and exc.status in (404, 405, 501) and exc.type not in ("not_found",):
                     return await self.long_poll()  # a server or proxy without event streams
                 raise
             except TimeoutError:
                 raise JobTimeout(self.job_id, self.job, self.deadline.timeout_s) from None
-            except (httpx.TransportError, ServerUnavailable):
+            except httpx.TransportError:
                 pass
-            await self.pause()
+            except ServerUnavailable as exc:
+                hint_s = exc.retry_after_s
+            await self.pause(hint_s)
 
     async def websocket(self) -> dict[str, Any]:
         from websockets.asyncio.client import connect
@@ -192,13 +175,13 @@ class Follower:
                 async with asyncio.timeout(self.deadline.remaining()):
                     async with connect(url, additional_headers=self.client._auth_headers(), open_timeout=10) as ws:
                         await ws.send(json.dumps({"action": "subscribe", "id": self.job_id, "after": self.cursor}))
-                        async for raw in ws:
-                            message = json.loads(raw)
+                        while True:  # not `async for`: it would leave an async generator for the GC to close
+                            message = json.loads(await ws.recv())
                             if message.get("type") == "error":
                                 raise ProblemError(message)
                             if message.get("type") != "event":
                                 continue
-                            self.failures = 0
+                            self.retry.succeeded()
                             event = JobEvent(self.job_id, message["seq"], message["event"], message["data"])
                             if await self.saw_event(event):
                                 return self.job
@@ -230,18 +213,13 @@ class Follower:
             await self.saw_job(job)
             if job["status"] in TERMINAL:
                 return job
-            hinted = _retry_after(response)
+            hinted = parse_retry_after(response.headers.get("retry-after"))
             interval = hinted if hinted is not None else min(POLL_MAX_S, interval * 1.5)
             delay = min(POLL_MAX_S, interval) * random.uniform(0.8, 1.2)
             remaining = self.deadline.remaining()
             if remaining is not None and remaining < delay:
                 delay = max(0.0, remaining)
             await asyncio.sleep(delay)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after", "")
-    return float(raw) if raw.isdigit() else None
 
 
 async def parse_sse(lines: AsyncIterator[str], job_id: str) -> AsyncGenerator[JobEvent, None]:
