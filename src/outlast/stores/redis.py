@@ -72,7 +72,6 @@ logger = logging.getLogger("outlast.store")
 
 DEFAULT_NAMESPACE = "default"
 TTL_GRACE_S = 3600  # keys outlive `expires_at` by this much, so purge finds them first
-PROMOTE_BATCH = 100
 STALE_POPS = 16  # stale queue entries one claim skips before it gives up for this poll
 SOCKET_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 15.0
