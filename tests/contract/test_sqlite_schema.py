@@ -9,7 +9,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,16 @@ from outlast.deliveries import Delivery
 from outlast.exceptions import ConfigError
 from outlast.jobs import ErrorInfo, Event, Job, JobStatus, Outcome
 from outlast.stores import SQLiteStore
-from outlast.stores._sqlite_schema import COLUMNS, INSERT_JOB, VERSION, job_from_row, job_row, upgrade
+from outlast.stores._sqlite_schema import (
+    COLUMNS,
+    INSERT_JOB,
+    UPDATE_JOB,
+    VERSION,
+    job_from_row,
+    job_row,
+    new_job_row,
+    upgrade,
+)
 from outlast.stores.base import ListQuery
 
 # Version 1, as outlast wrote it before schema versions (user_version 0): kept verbatim.
@@ -221,9 +230,8 @@ async def opened(path: Path) -> AsyncIterator[SQLiteStore]:
         await store.close()
 
 
-def every_field_set() -> Job:
-    """A job whose every stored field differs from its default."""
-    job = Job.new(
+def created_job() -> Job:
+    return Job.new(
         "report",
         {"a": [1, 2.5, None]},
         max_attempts=5,
@@ -235,6 +243,10 @@ def every_field_set() -> Job:
         webhook_url="https://example.com/h",
         webhook_events=("started", "completed"),
     )
+
+
+def every_field_set(job: Job) -> Job:
+    """`job` changed until its every stored field differs from its default."""
     job.start("w", 30, 1240.0)
     job.requeue(1250.0, ErrorInfo("flaky", "again", 503))
     job.start("w2", 30, 1260.0)
@@ -245,17 +257,30 @@ def every_field_set() -> Job:
     return job
 
 
-def test_every_field_of_a_job_round_trips_through_its_row():
-    job = every_field_set()
-    defaults = Job("j_x", "n", {})
-    unset = [f.name for f in dataclasses.fields(Job) if getattr(job, f.name) == getattr(defaults, f.name)]
-    assert unset == ["queue_position"], "set the new field above, so that this test covers it"
+@pytest.fixture
+def conn() -> Iterator[sqlite3.Connection]:
     with contextlib.closing(sqlite3.connect(":memory:")) as conn:
         conn.row_factory = sqlite3.Row
         upgrade(conn, ":memory:")
-        conn.execute(INSERT_JOB, job_row(job))
-        assert job_from_row(conn.execute("SELECT * FROM jobs").fetchone()) == job
-        assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")] == ["qorder", *COLUMNS, "record"]
+        yield conn
+
+
+def test_every_field_of_a_job_round_trips_through_its_row(conn: sqlite3.Connection):
+    job = every_field_set(created_job())
+    defaults = Job("j_x", "n", {})
+    unset = [f.name for f in dataclasses.fields(Job) if getattr(job, f.name) == getattr(defaults, f.name)]
+    assert unset == ["queue_position"], "set the new field above, so that this test covers it"
+    conn.execute(INSERT_JOB, new_job_row(job))
+    assert job_from_row(conn.execute("SELECT * FROM jobs").fetchone()) == job
+    assert [row[1] for row in conn.execute("PRAGMA table_info(jobs)")] == ["qorder", *COLUMNS, "input", "record"]
+
+
+def test_an_update_writes_every_field_a_change_can_make(conn: sqlite3.Connection):
+    job = created_job()
+    conn.execute(INSERT_JOB, new_job_row(job))
+    changed = every_field_set(dataclasses.replace(job))
+    conn.execute(UPDATE_JOB, job_row(changed))
+    assert job_from_row(conn.execute("SELECT * FROM jobs").fetchone()) == changed
 
 
 async def test_a_new_file_gets_the_current_version(tmp_path: Path):
@@ -313,12 +338,14 @@ async def test_a_file_from_a_newer_outlast_is_refused(tmp_path: Path):
 async def test_an_upgrade_that_fails_leaves_the_file_as_it_was(v1_file: tuple[Path, list[Stored]]):
     path, stored = v1_file
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("UPDATE jobs SET input = 'not json' WHERE id = ?", (stored[-1].job.id,))
+        conn.execute("UPDATE jobs SET progress = 'not json' WHERE id = ?", (stored[-1].job.id,))
     with pytest.raises(json.JSONDecodeError):
         await SQLiteStore(str(path)).open()
     assert user_version(path) == 0
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM jobs WHERE input IS NOT NULL").fetchone()[0] == len(stored)
+        rows = conn.execute("SELECT id, progress FROM jobs ORDER BY qorder").fetchall()  # version 1's columns
+    assert [row[0] for row in rows] == [item.job.id for item in stored]
+    assert rows[-1][1] == "not json"
 
 
 OPEN_AND_COUNT = """

@@ -1,8 +1,9 @@
 """What a SQLite store's file holds: its schema, its versions, and how a job maps to a row.
 
-A job's row has a column for each field that a query or an index uses, and one
-JSON `record` for the rest (the record the Redis store keeps too, from
-`outlast.jobs.job_record`), so a new field of `Job` needs no SQL.
+A job's row has a column for each field that a query or an index uses, its
+input (JSON, written once with the job), and one JSON `record` for the rest
+(the record the Redis store keeps too, from `outlast.jobs.job_record`), so a
+new field of `Job` needs no SQL.
 
 The schema is what `MIGRATIONS` build, in order, and its version is the file's
 `PRAGMA user_version`: a store that opens a file brings it up to `VERSION` in
@@ -36,23 +37,38 @@ COLUMNS = (
     "cancel_requested",
 )
 _ROW = (*COLUMNS, "record")
-INSERT_JOB = f"INSERT INTO jobs ({', '.join(_ROW)}) VALUES ({', '.join(f':{c}' for c in _ROW)})"
-UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{c} = :{c}' for c in _ROW if c != 'id')} WHERE id = :id"
+INSERT_JOB = f"INSERT INTO jobs ({', '.join(_ROW)}, input) VALUES ({', '.join(f':{c}' for c in _ROW)}, :input)"
+# Set when a job is created, never changed: an update leaves them, and their indexes, alone.
+_FIXED = ("id", "name", "owner", "idempotency_key", "created_at")
+UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{c} = :{c}' for c in _ROW if c not in _FIXED)} WHERE id = :id"
+# A change of fields no query uses (a progress report) rewrites the record alone, and no index.
+UPDATE_RECORD = "UPDATE jobs SET record = :record WHERE id = :id"
 
 
 def job_row(job: Job) -> dict[str, Any]:
-    """A job as the values of its row: its columns, and the rest as one JSON record."""
+    """A job as a change writes its row: its columns, and the rest but the input as one JSON record.
+
+    The input never changes, and is often the largest part of a job: it is
+    serialised once, by `new_job_row`, not again at each progress report.
+    """
     record = job_record(job)
+    del record["input"]
     row = {column: record.pop(column) for column in COLUMNS}
     row["owner"] = row["owner"] or ""  # NULLs never collide in a UNIQUE index: '' keeps keys without owner unique
     row["record"] = dumps(record)
     return row
 
 
+def new_job_row(job: Job) -> dict[str, Any]:
+    """A new job's row, for `INSERT_JOB`: `job_row` and the input."""
+    return {**job_row(job), "input": dumps(job.input)}
+
+
 def job_from_row(row: sqlite3.Row) -> Job:
-    """The job a row holds: `job_row` undone."""
+    """The job a row holds: `new_job_row` undone."""
     record = json.loads(row["record"])
     record.update((column, row[column]) for column in COLUMNS)
+    record["input"] = json.loads(row["input"])
     record["owner"] = record["owner"] or None
     record["cancel_requested"] = bool(record["cancel_requested"])
     return job_from_record(record)
@@ -144,6 +160,7 @@ _V2_JOBS = """CREATE TABLE jobs (
     lease_until REAL,
     token INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    input TEXT NOT NULL,
     record TEXT NOT NULL
 )"""
 _V2_COLUMNS = (
@@ -159,14 +176,15 @@ _V2_COLUMNS = (
     "lease_until",
     "token",
     "cancel_requested",
+    "input",
 )
 _V2_INSERT = f"INSERT INTO jobs ({', '.join(_V2_COLUMNS)}, record) VALUES ({', '.join('?' for _ in _V2_COLUMNS)}, ?)"
-# The columns of version 1 that held JSON text; in the record they are JSON values.
-_V1_JSON = ("input", "progress", "result", "error", "webhook_events")
+# The columns of version 1 that held JSON text and move into the record, as JSON values.
+_V1_JSON = ("progress", "result", "error", "webhook_events")
 
 
 def _v1_to_v2(conn: sqlite3.Connection) -> None:
-    """Version 2: the fields of a job that no query uses move into one JSON `record`.
+    """Version 2: the fields of a job that no query uses, but its input, move into one JSON `record`.
 
     The table is rebuilt (keeping each job's place in its queue), and the indexes
     of version 1, on columns that stay, are made again.

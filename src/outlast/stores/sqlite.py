@@ -5,7 +5,8 @@ own, so it is atomic against other coroutines and other processes alike; writes
 waiting together share one transaction and its COMMIT (group commit). Readers use
 a second connection and never wait for writers (WAL). Events written by other
 processes on the same file reach this process's hub by a cheap poll of the events
-table; events written here are published at once.
+table; events written here are published at once. A file written by an older
+release is upgraded when opened (`outlast.stores._sqlite_schema`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,17 @@ from outlast.exceptions import IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
 from outlast.stores._sqlite_db import Connection, dumps, path_from_url
-from outlast.stores._sqlite_schema import INSERT_JOB, UPDATE_JOB, VERSION, job_from_row, job_row, upgrade, version
+from outlast.stores._sqlite_schema import (
+    INSERT_JOB,
+    UPDATE_JOB,
+    UPDATE_RECORD,
+    VERSION,
+    job_from_row,
+    job_row,
+    new_job_row,
+    upgrade,
+    version,
+)
 from outlast.stores.base import (
     HeartbeatResult,
     ListQuery,
@@ -47,6 +58,7 @@ POLL_BATCH = 1000
 
 
 def _last_event(conn: sqlite3.Connection) -> int:
+    """Where the poller starts: events written before this store opened are no news to its listeners."""
     return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0])
 
 
@@ -190,7 +202,7 @@ class SQLiteStore:
             worker, lease_s = start
             created.start(worker, lease_s, time.time())
             events.append(self._status_event(conn, created))
-        conn.execute(INSERT_JOB, job_row(created))  # one row, written as it ends up
+        conn.execute(INSERT_JOB, new_job_row(created))  # one row, written as it ends up
         return created, events
 
     # -- the protocol -----------------------------------------------------------
@@ -373,7 +385,7 @@ class SQLiteStore:
             if progress is not None:
                 job.progress = progress
             written = [self._append(conn, job, type, data) for type, data in events]
-            self._save(conn, job)
+            conn.execute(UPDATE_RECORD, job_row(job))
             return written
 
         written = await self._writer.write(record)
