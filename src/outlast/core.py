@@ -295,8 +295,9 @@ class Outlast:
 
         `webhook` is a URL to `POST` the job to on `webhook_events`. With
         `wait_s`, waits up to that long for the job to end (and returns it as it
-        is then); such a job may start at once on this process's workers when
-        one is free and no job waits before it. Raises `UnknownJobName`,
+        is then); such a job starts at once on this process's workers when one
+        is free, and without an idempotency key or a webhook it is not even
+        written until it ends or the wait is over (see `runner.Provisional`). Raises `UnknownJobName`,
         `InvalidInput` (a webhook URL that may not be called too), or
         `IdempotencyConflict`.
         """
@@ -323,6 +324,12 @@ class Outlast:
         deadline = self._wait_until(wait_s)
         # Listening before the job exists: none of its events can be missed, so none need reading back.
         with self.store.hub.listen(job.id) as listener:
+            if idempotency_key is None and webhook is None and self._runner is not None:
+                provisional = await self._runner.run_at_once(job)
+                if provisional is not None:  # nothing is written unless it must be (`Provisional`)
+                    self.metrics.submitted.labels(job.name).inc()
+                    ended = await self._until_terminal(listener, dataclasses.replace(provisional.job), deadline)
+                    return (ended if ended.is_terminal else await provisional.store_now()), True
             stored, created = await self._create(job, start=True)
             if created:
                 return await self._until_terminal(listener, stored, deadline), True
