@@ -535,7 +535,7 @@ def test_closing_a_sync_client_cancels_the_calls_of_other_threads_and_ends_its_t
         with pytest.raises(concurrent.futures.CancelledError):
             waiting.result(timeout=10)
     client.close()  # again: nothing to do
-    assert set(threading.enumerate()) == before
+    assert set(threading.enumerate()) <= before  # the client's thread has ended
     httpx.post(f"{server.url}/jobs/{jobs_named(server.url, 'sleep')[0]['id']}/cancel", timeout=10)
 
 
