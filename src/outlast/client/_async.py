@@ -28,7 +28,8 @@ class AsyncClient:
     `mode` chooses how to wait: `"auto"` (Server-Sent Events, falling back to
     long-polling), `"sse"`, `"ws"`, `"long-poll"` or `"poll"`. A server that
     can't be reached is retried with backoff until the call's timeout, or for
-    `patience_s` seconds when there is none (`None`: for ever); see `Backoff`.
+    `patience_s` seconds when there is none (`None`: for ever), counted from
+    the first failure since it last answered.
     """
 
     def __init__(
