@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.contract.conftest import REDIS_URL, drop_namespace, redis_or_skip
-from tests.integration.test_crashes import query, wait_for_status
+from tests.integration.test_crashes import query, wait_for_status, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -59,15 +60,21 @@ def test_a_sync_job_is_written_once_with_its_events(serve, db_url: str):
 
 
 def test_a_retried_idempotency_key_never_makes_a_second_job_across_a_crash(serve, db_url: str):
+    path = db_url.removeprefix("sqlite:///")
     server = serve(workers=2, lease=2)
     headers = {"Prefer": "wait=10", "Idempotency-Key": "order-42"}
     body = {"seconds": 3}
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, f"{server.url}/jobs/sleep", json=body, headers=headers)
+
+        def running() -> bool:
+            return query(path, "SELECT COUNT(*) FROM jobs WHERE status = 'running'", read_only=True) == [(1,)]
+
+        wait_until(running, 10)
+        server.kill()  # while the client waits for its answer
         with pytest.raises(httpx.TransportError):
-            request = client.build_request("POST", f"{server.url}/jobs/sleep", json=body, headers=headers)
-            pending = client.send(request, stream=True)  # the server dies before it answers
-            server.kill()
-            pending.read()
+            first.result(timeout=10)
+
         restarted = serve(workers=2, lease=2)
         again = client.post(f"{restarted.url}/jobs/sleep", json=body, headers={**headers, "Prefer": "wait=0"})
         assert again.status_code == 202
@@ -75,5 +82,4 @@ def test_a_retried_idempotency_key_never_makes_a_second_job_across_a_crash(serve
         assert done["status"] == "succeeded"
         third = client.post(f"{restarted.url}/jobs/sleep", json=body, headers=headers)
         assert third.json()["id"] == done["id"]
-    path = db_url.removeprefix("sqlite:///")
     assert query(path, "SELECT COUNT(*) FROM jobs WHERE idempotency_key = 'order-42'", read_only=True) == [(1,)]
