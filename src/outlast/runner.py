@@ -51,27 +51,29 @@ class Provisional:
     - the job ends within the wait: it is written once, ended, with its events
       (`StoresRanJobs.put`, one statement that group commit shares), and only
       then is the client answered;
-    - the wait is over first: `store()` writes it as it is, running and leased
-      by this worker, before the client is given its id (`202` or `303`); from
-      then on it is a job like any claimed one (heartbeats, reclaim on a crash).
+    - the wait is over first: `store_now()` writes it as it is, running and
+      leased by this worker, before the client is given its id (`202` or `303`);
+      from then on it is a job like any claimed one (heartbeats, reclaim after a
+      crash).
 
     A crash before either loses only a request that was never answered.
     """
 
-    def __init__(self, job: Job, store: StoresRanJobs, events: list[Event]) -> None:
+    def __init__(self, job: Job, store: StoresRanJobs, events: list[Event], lease_s: float) -> None:
         self.job = job
         self.store = store
         self.events = events
+        self.lease_s = lease_s
         self.stored = False
-        self.ended: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._lock = asyncio.Lock()
 
     async def store_now(self) -> Job:
         """Write the job as it is now, unless it is written already; the job as it is then."""
         async with self._lock:
             if not self.stored:
-                await self._put()
-                return dataclasses.replace(self.job)
+                running = dataclasses.replace(self.job, lease_until=time.time() + self.lease_s)  # a full lease
+                await self._put(running, self.events)
+                return dataclasses.replace(running)
         return await self.store.get(self.job.id) or dataclasses.replace(self.job)
 
     async def record(
@@ -83,34 +85,31 @@ class Provisional:
             if progress is not None:
                 self.job.progress = progress
             for type, data in events:
-                self._append(type, data)
+                self.events.append(_next(self.job, type, data))
             return True
 
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
         async with self._lock:
             if not self.stored and outcome.status is JobStatus.QUEUED:
-                await self._put()  # a retry: the job must be stored to be queued again
-            finished: Job | None
+                await self._put(self.job, self.events)  # a retry: stored first, to be queued again
             if self.stored:
-                finished = await self.store.finish(job_id, token, outcome)
-            else:
-                outcome.apply(self.job, time.time())
-                self._append(*self.job.status_event()).job = dataclasses.replace(self.job)
-                await self._put()
-                finished = dataclasses.replace(self.job)
-        if finished is not None and finished.is_terminal and not self.ended.done():
-            self.ended.set_result(finished)
-        return finished
+                return await self.store.finish(job_id, token, outcome)
+            ended = dataclasses.replace(self.job)  # changed only once it is written
+            outcome.apply(ended, time.time())
+            last = _next(ended, *ended.status_event())
+            last.job = dataclasses.replace(ended)
+            await self._put(ended, [*self.events, last])
+            return dataclasses.replace(ended)
 
-    def _append(self, type: str, data: dict[str, Any]) -> Event:
-        self.job.last_seq += 1
-        event = Event(self.job.id, self.job.last_seq, type, data)
-        self.events.append(event)
-        return event
+    async def _put(self, job: Job, events: list[Event]) -> None:
+        await self.store.put(job, events)
+        self.job, self.events, self.stored = job, events, True
 
-    async def _put(self) -> None:
-        await self.store.put(self.job, self.events)
-        self.stored = True
+
+def _next(job: Job, type: str, data: dict[str, Any]) -> Event:
+    """`job`'s next event, numbered as a store numbers it (a job run at once has no webhook)."""
+    job.last_seq += 1
+    return Event(job.id, job.last_seq, type, data)
 
 
 @dataclasses.dataclass(slots=True)
@@ -286,7 +285,7 @@ class Runner:
         job.last_seq = 1
         started = Event(job.id, 1, *job.status_event())
         started.job = dataclasses.replace(job)
-        provisional = Provisional(job, store, [started])
+        provisional = Provisional(job, store, [started], self.lease_s)
         self._launch(job, provisional)
         return provisional
 

@@ -88,12 +88,14 @@ async def test_a_job_that_ends_within_its_wait_is_written_once(app: App, monkeyp
 
 
 async def test_a_job_that_outlives_its_wait_is_stored_running_and_leased_before_the_answer(app: App):
-    job, _ = await app.ot.submit("blocked", {}, wait_s=0.2)
+    await asyncio.sleep(0)
+    job, _ = await app.ot.submit("blocked", {}, wait_s=1.5)
     assert job.status is JobStatus.RUNNING
     assert job.progress == {"current": 1, "total": 2, "message": "halfway"}  # as it is when answered
     stored = await app.ot.get(job.id)
     assert stored.status is JobStatus.RUNNING and stored.worker is not None
-    assert stored.lease_until is not None and stored.lease_until > time.time()
+    assert stored.lease_until is not None
+    assert stored.lease_until > time.time() + 4.5  # a full lease (5 s) from when it was written, not from its start
     assert [e.type for e in await app.ot.store.events(job.id)] == ["status", "progress"]
     app.release.set()
     done = await app.ot.wait(job.id, 5)  # from here on, a job like any claimed one
