@@ -14,9 +14,8 @@ forever.
 - counts the bytes of the request target and refuses one over `max_url` bytes
   with `414 URI Too Long`;
 - closes a connection whose request head is not complete `head_timeout`
-  seconds after its first byte, answering `408 Request Timeout` if a head had
-  begun (and no response is under way); a connection that never sends a byte
-  gets uvicorn's keep-alive timeout.
+  seconds after its first byte (or after it connected), answering `408 Request
+  Timeout` if a head had begun (and no response is under way).
 
 Refusals are problem details (RFC 9457) written on the transport with
 `Connection: close`; the connection then reads and drops what the client still
@@ -88,8 +87,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # A connection that never sends a byte is idle: uvicorn's keep-alive timeout closes it.
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        # A connection that sends no complete head within head_timeout of connecting is closed.
+        # (Not uvicorn's keep-alive timeout, 5 s: a loaded server may read a new connection's
+        # first bytes later than that, and would close connections whose request is on its way.)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
