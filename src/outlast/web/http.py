@@ -99,6 +99,7 @@ class Edge:
             Route("/jobs/{job_id}/events", e(self.events), methods=["GET"]),
             Route("/events", e(self.status_events), methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
+            Route("/ws", e(self.websocket_without_upgrade), methods=["GET", "HEAD"]),
             Route("/artifacts/{job_id}/{name}", e(self.artifact), methods=["GET"]),
             Route("/healthz", e(self.healthz), methods=["GET"]),
             Route("/metrics", e(self.metrics), methods=["GET"]),
@@ -228,6 +229,12 @@ class Edge:
         from outlast.web.ws import websocket_endpoint  # ws builds on this module's job_json
 
         await websocket_endpoint(self.ot, websocket)
+
+    async def websocket_without_upgrade(self, request: Request) -> Response:
+        """`GET /ws` as plain HTTP: it is a WebSocket endpoint, and says how to reach it."""
+        raise HTTPProblem(
+            426, "/ws is a WebSocket endpoint: open it with a WebSocket handshake", headers={"Upgrade": "websocket"}
+        )
 
     async def artifact(self, request: Request) -> Response:
         """A stored file, through its signed URL: 403 unless signed, unexpired and for this job."""
