@@ -359,7 +359,12 @@ class Outlast:
             return await self._until_terminal(listener, await self.get(job_id), deadline)
 
     async def _until_terminal(self, listener: Listener, job: Job, deadline: float) -> Job:
-        """`job` as it is once terminal or at `deadline`; `listener` heard every event since it was read."""
+        """`job` as it is once terminal or at `deadline`; `listener` heard every event since it was read.
+
+        The job returned is as it is when the wait ends, not as it was read: the
+        status and progress events heard meanwhile are applied to it, and a job
+        still queued is read again for its position in the queue.
+        """
         while not job.is_terminal:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await listener.wait(remaining):
@@ -367,11 +372,18 @@ class Outlast:
             lagged = listener.lagged
             # Newer than the job in hand only: events of one job can arrive out of order (this
             # process's own, published after its write returns, and other nodes', relayed).
-            fresh = [e for e in listener.drain() if e.type == "status" and (e.seq or 0) > job.last_seq]
-            if lagged or fresh:
-                published = None if lagged else max(fresh, key=lambda e: e.seq or 0).job
-                # A job published by this process is as its write left it: no need to read it back.
-                job = await self.get(job.id) if published is None else dataclasses.replace(published)
+            fresh = sorted((e for e in listener.drain() if (e.seq or 0) > job.last_seq), key=lambda e: e.seq or 0)
+            if lagged or any(e.type == "status" and e.job is None for e in fresh):
+                job = await self.get(job.id)  # a gap, or a change another node made: the store has it
+                continue
+            for event in fresh:
+                if event.type == "status" and event.job is not None:
+                    # A job published by this process is as its write left it: no need to read it back.
+                    job = dataclasses.replace(event.job)
+                elif event.type == "progress":
+                    job = dataclasses.replace(job, progress=dict(event.data), last_seq=event.seq or job.last_seq)
+        if job.status is JobStatus.QUEUED:
+            job = await self.get(job.id)  # its place in the queue is reckoned when it is read
         return job
 
     async def cancel(self, job_id: str) -> Job:

@@ -328,8 +328,9 @@ async def test_webhook_deliveries_are_written_with_their_events(store: JobStore)
     assert sorted(d.event for d in deliveries) == ["completed", "started"]
     assert all(d.url == "https://example.com/h" and d.job_id == job.id for d in deliveries)
     completed = next(d for d in deliveries if d.event == "completed")
-    assert completed.payload["status"] == "succeeded"
-    assert completed.payload["result"] == {"ok": 1}
+    assert completed.payload["type"] == "job.succeeded"
+    assert completed.payload["data"]["status"] == "succeeded"
+    assert completed.payload["data"]["result"] == {"ok": 1}
     assert await store.claim_deliveries(lease_s=60, limit=10) == []  # leased: not due again yet
     completed.state, completed.attempt, completed.last_status = "delivered", 1, 200
     await store.save_delivery(completed)

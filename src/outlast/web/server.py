@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import logging
 from asyncio import TimerHandle
 from collections.abc import Sequence
 from typing import Any
@@ -236,3 +237,28 @@ def guarded_protocol(
         (GuardedHttpToolsProtocol,),
         {"max_head": max_head, "max_url": max_url, "head_timeout": head_timeout},
     )
+
+
+# -- WebSocket --------------------------------------------------------------------------------
+
+INVALID_UTF8 = "Invalid UTF-8 sequence received from client."
+
+
+class _InvalidUtf8(logging.Filter):
+    """uvicorn closes a WebSocket that sends text which is not UTF-8 with 1007, as RFC 6455 says,
+    and logs the client's mistake as an ERROR with a traceback. Any client can do it: one
+    warning line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == INVALID_UTF8:
+            record.msg = "a WebSocket client sent text that is not UTF-8: closed with 1007"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_invalid_utf8() -> None:
+    """Install the filter on uvicorn's error log (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _InvalidUtf8) for f in logger.filters):
+        logger.addFilter(_InvalidUtf8())
