@@ -315,7 +315,10 @@ class Edge:
 
         if not self.ot.settings.openapi_public:
             self.owner(request)  # it names every job and its input: behind the key, when there are keys
-        return JSONResponse(document(self.ot))
+        routes = getattr(getattr(request.app, "router", None), "routes", [])
+        server = str(request.scope.get("app_root_path", request.scope.get("root_path", "")))
+        doc = document(self.ot, routes=routes, base=self.ot.mount_path, server=server)
+        return JSONResponse(doc, headers={"Cache-Control": REVALIDATE})
 
     async def metrics(self, request: Request) -> Response:
         self.owner(request)
@@ -384,6 +387,10 @@ def mount(ot: Outlast, app: ASGIApp, path: str = "") -> None:
 
     router.lifespan_context = lifespan
     app.state.outlast = ot  # type: ignore[attr-defined]
+    if callable(getattr(app, "openapi", None)) and hasattr(app, "openapi_schema"):  # FastAPI serves its own
+        from outlast.web.openapi import merge_into_fastapi
+
+        merge_into_fastapi(ot, app, path)
     # Cross-origin requests, for the origins of `cors_origins` (read per request: none, nothing is added).
     app.add_middleware(CORS, ot=ot)  # type: ignore[attr-defined]
 
