@@ -118,6 +118,31 @@ return 'started'
 """
 
 
+# KEYS[1] the job, KEYS[2] its events, KEYS[3] the jobs index, KEYS[4] the queue order counter,
+# KEYS[5] leases, KEYS[6] expiry. ARGV[1] its record (without qorder), ARGV[2] its id, ARGV[3] its
+# created_at, ARGV[4] its lease's end ('' unless running), ARGV[5] when it expires and ARGV[6] when
+# its keys go ('' unless ended), ARGV[7] the events channel, ARGV[8...] pairs of (event, message).
+# Writes a job that ran before it was stored, as it is, with its events: one round trip.
+PUT = """
+local qorder = redis.call('INCR', KEYS[4])
+redis.call('SET', KEYS[1], string.sub(ARGV[1], 1, -2) .. ',"qorder":' .. qorder .. '}')
+for i = 8, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  redis.call('PUBLISH', ARGV[7], ARGV[i + 1])
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
+end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[2])
+  redis.call('EXPIREAT', KEYS[1], ARGV[6])
+  redis.call('EXPIREAT', KEYS[2], ARGV[6])
+end
+return 1
+"""
+
+
 class Keys:
     """Every key and channel, in one place."""
 

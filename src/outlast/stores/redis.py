@@ -42,6 +42,7 @@ from outlast.stores._redis_layout import (
     CLAIM_DELIVERIES,
     CREATE_STARTED,
     GET_JOB,
+    PUT,
     Commands,
     Keys,
     dumps,
@@ -109,6 +110,7 @@ class RedisStore:
         self._cas = self._redis.register_script(CAS)
         self._get_job = self._redis.register_script(GET_JOB)
         self._create_started = self._redis.register_script(CREATE_STARTED)
+        self._put = self._redis.register_script(PUT)
         self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
         self._listener: asyncio.Task[None] | None = None
@@ -299,6 +301,21 @@ class RedisStore:
             return await self.create(job)
         self._published(events)
         return started, True
+
+    async def put(self, job: Job, events: Sequence[Event]) -> None:
+        keys = self.keys
+        lease_until = "" if job.lease_until is None or job.status is not JobStatus.RUNNING else job.lease_until
+        expires: list[str | float] = ["", ""]
+        if job.is_terminal:
+            assert job.expires_at is not None
+            expires = [job.expires_at, int(job.expires_at + TTL_GRACE_S)]
+        args: list[str | float] = [dumps(job_record(job)), job.id, job.created_at, lease_until, *expires]
+        args.append(keys.events_channel)
+        for event in events:
+            args += [dumps([event.type, event.data]), self._message(event)]
+        job_keys = [keys.job(job.id), keys.events(job.id), keys.jobs, keys.counter, keys.leases, keys.expiry]
+        await self._put(keys=job_keys, args=args)
+        self._published(events)
 
     async def get(self, job_id: str) -> Job | None:
         found = await self._get_job(keys=[self.keys.job(job_id), self.keys.leases], args=[self.keys.queue_prefix])
