@@ -10,6 +10,7 @@ The nodes serve `examples.app:ot` with a 2 s hold behind nginx's 3 s read timeou
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -80,7 +81,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     port = free_port()
     site = SITE.format(prefix=prefix, port=port, root_path_node=root_path_node.port, forwarded_node=forwarded_node.port)
     (prefix / "outlast.conf").write_text(site)
-    (prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=prefix, user="user root;"))
+    # As root, nginx's workers would switch to `nobody`, who can't enter the test's folder.
+    user = "user root;" if os.geteuid() == 0 else ""
+    (prefix / "nginx.conf").write_text(MAIN_CONF.format(prefix=prefix, user=user))
     command = [binary, "-c", str(prefix / "nginx.conf"), "-p", str(prefix), "-g", f"daemon off; pid {prefix}/pid;"]
     url = f"http://127.0.0.1:{port}"
     proc: subprocess.Popen[bytes] | None = None
