@@ -12,10 +12,12 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from outlast.client import cli as client_cli
 from outlast.core import Outlast
@@ -27,6 +29,7 @@ from outlast.stores import JobStore, ListQuery, open_store
 from outlast.stores._sqlite_db import path_from_url
 from outlast.stores.base import MAX_LIST_LIMIT
 from outlast.web.http import find_outlast
+from outlast.web.proxies import ForwardedPrefix, forwarded_prefix
 from outlast.web.server import guarded_protocol, quiet_invalid_utf8
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,8 +115,33 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+@click.option(
+    "--root-path",
+    default="",
+    help="The path a proxy serves the app under, which it strips (e.g. /api): links and Location carry it.",
+)
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=True,
+    show_default=True,
+    help="Believe X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Prefix from --forwarded-allow-ips.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Comma-separated IPs or networks of trusted proxies, or * [env: FORWARDED_ALLOW_IPS; default: 127.0.0.1].",
+)
 @setting_options
-def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> None:
+def serve(
+    target: str,
+    host: str,
+    port: int,
+    log_level: str,
+    root_path: str,
+    proxy_headers: bool,
+    forwarded_allow_ips: str | None,
+    **flags: Any,
+) -> None:
     """Serve the protocol's HTTP API with embedded workers (uvicorn).
 
     MODULE:ATTR names an Outlast object (its app is built for you) or an ASGI
@@ -126,6 +154,16 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
     app, ot = configured(target, flags)
     if isinstance(app, Outlast):
         app = ot.app()
+    if root_path and (not root_path.startswith("/") or forwarded_prefix(root_path) is None):
+        raise click.BadParameter("a path such as /api", param_hint="--root-path")
+    root_path = root_path.rstrip("/")
+    if proxy_headers:
+        # Ours first, while the peer's address is still the proxy's: uvicorn's replaces it with the client's.
+        trusted = forwarded_allow_ips or os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1"
+        try:
+            app = ForwardedPrefix(cast(ASGIApp, ProxyHeadersMiddleware(app, trusted_hosts=trusted)), trusted)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--forwarded-allow-ips") from exc
     click.echo(
         f"outlast: store {ot.settings.store}, hold {ot.settings.hold_s:g} s, {ot.settings.workers} workers", err=True
     )
@@ -136,6 +174,8 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        root_path=root_path,
+        proxy_headers=False,  # applied above, with X-Forwarded-Prefix
         # Always httptools, with limits on request heads (outlast.web.server).
         http=guarded_protocol(
             max_head=ot.settings.max_head, max_url=ot.settings.max_url, head_timeout=ot.settings.head_timeout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -18,6 +19,9 @@ from outlast.exceptions import ConfigError
 ENV_PREFIX = "OUTLAST_"
 
 Seconds = Annotated[float, Field(ge=0)]
+
+# An origin as browsers send it in `Origin`: scheme, host, maybe a port; no path.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+/?", re.IGNORECASE)
 
 
 class Settings(BaseModel):
@@ -65,8 +69,11 @@ class Settings(BaseModel):
         description="without API keys, list every job (GET /jobs, GET /events) and serve the page at /",
     )
     openapi_public: bool = Field(False, description="with API keys, serve /openapi.json without a key")
+    cors_origins: tuple[str, ...] = Field(
+        (), description="origins (scheme://host[:port], or *) whose browser apps may call the API; none by default"
+    )
 
-    @field_validator("webhook_allow", "api_keys", "webhook_backoff", mode="before")
+    @field_validator("webhook_allow", "api_keys", "webhook_backoff", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -79,6 +86,14 @@ class Settings(BaseModel):
         for entry in value:
             ipaddress.ip_network(entry, strict=False)  # ValueError names the bad one
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], with no path, or *")
+        return tuple(origin.rstrip("/") for origin in value)
 
     @model_validator(mode="after")
     def _hold_is_positive(self) -> Settings:

@@ -52,3 +52,11 @@ def test_configure_applies_flags_on_top(monkeypatch: pytest.MonkeyPatch):
     assert ot.settings.store == "memory://"
     with pytest.raises(ConfigError):
         ot.configure(gateway_timeout=1)
+
+
+def test_cors_origins_are_split_and_checked():
+    settings = Settings.load(environ={"OUTLAST_CORS_ORIGINS": "https://app.example, http://localhost:3000/"})
+    assert settings.cors_origins == ("https://app.example", "http://localhost:3000")
+    assert Settings.load(environ={}).cors_origins == ()
+    with pytest.raises(ConfigError, match="cors_origins"):
+        Settings.load(environ={"OUTLAST_CORS_ORIGINS": "https://app.example/path"})

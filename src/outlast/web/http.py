@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from outlast.exceptions import ConfigError, ListingDisabled
 from outlast.jobs import Job, JobStatus
+from outlast.parsing import whole_number
 from outlast.stores.base import MAX_LIST_LIMIT
 from outlast.web import streams
 from outlast.web.answers import MAX_HOP, accepted, see_other, terminal_result
@@ -28,6 +31,7 @@ from outlast.web.limits import ConnectionLimit
 from outlast.web.links import job_json
 from outlast.web.prefer import int_param, json_object, preferences
 from outlast.web.problems import HTTPProblem, from_exception, problem
+from outlast.web.proxies import CORS
 from outlast.web.ranges import file_response
 from outlast.webhooks import parse_events
 
@@ -80,6 +84,69 @@ async def hold(ot: Outlast, job: Job, wait_s: float) -> Job:
     if wait_s > 0 and not job.is_terminal:
         return await ot.wait(job.id, wait_s)
     return job
+
+
+# -- caching ---------------------------------------------------------------------------
+
+# A job, a list: never from a shared cache, and checked with the server each time (cheaply, with ETag).
+REVALIDATE = "private, no-cache"
+# A 303 or 202 on the way to a result: asked again each time.
+NO_STORE = "no-store"
+MAX_AGE_S = 86400
+
+
+def _fresh_for(until: float | None) -> int:
+    """Seconds from now until `until` (an epoch time), within 0 and a day."""
+    if until is None:
+        return 0
+    return max(0, min(MAX_AGE_S, int(until - time.time())))
+
+
+def uncached(response: Response) -> Response:
+    response.headers["Cache-Control"] = NO_STORE
+    return response
+
+
+def entity_tag(body: bytes) -> str:
+    """A strong validator of a representation: a digest of its bytes."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def _tags(header: str) -> list[str]:
+    return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
+
+
+def not_modified(request: Request, headers: Mapping[str, str]) -> bool:
+    """Whether a GET's `If-None-Match` (or, without it, `If-Modified-Since`) holds for these validators."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    if_none_match = request.headers.get("if-none-match")
+    etag = headers.get("etag")
+    if if_none_match is not None:
+        tags = _tags(if_none_match)
+        return etag is not None and ("*" in tags or etag.removeprefix("W/") in tags)
+    since, modified = request.headers.get("if-modified-since"), headers.get("last-modified")
+    if since is None or modified is None:
+        return False
+    try:
+        return parsedate_to_datetime(modified) <= parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False  # not an HTTP date: ignored (RFC 9110, 13.1.3)
+
+
+def _validators(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers a 304 repeats (RFC 9110, 15.4.5)."""
+    names = ("cache-control", "etag", "last-modified", "vary", "content-location", "expires")
+    return {name: headers[name] for name in names if name in headers}
+
+
+def conditional(request: Request, response: Response) -> Response:
+    """The response with an `ETag`; a `304` without a body when the client already has it."""
+    if "etag" not in response.headers:
+        response.headers["ETag"] = entity_tag(bytes(response.body))
+    if not_modified(request, response.headers):
+        return Response(status_code=304, headers=_validators(response.headers))
+    return response
 
 
 class Edge:
@@ -167,7 +234,7 @@ class Edge:
         if job.webhook_url is not None:  # how its deliveries are going
             deliveries = await self.ot.store.deliveries(job.id)
             body["webhook"]["deliveries"] = [d.to_public() for d in deliveries]
-        return JSONResponse(body)
+        return conditional(request, JSONResponse(body, headers={"Cache-Control": REVALIDATE}))
 
     async def result(self, request: Request) -> Response:
         """`GET /jobs/{id}/result` (docs/protocol.md, "Result").
@@ -182,16 +249,19 @@ class Edge:
         hop = int_param(request, "hop", 0, 0, MAX_HOP)
         prefs = preferences(request)
         if not job.is_terminal and prefs.respond_async:
-            return accepted(base_of(request), job, respond_async=True).starlette()
+            return uncached(accepted(base_of(request), job, respond_async=True).starlette())
         wait_s = prefs.wait_s
         if "hop" in request.query_params and "wait" not in request.query_params:
             wait_s = None
         job = await hold(self.ot, job, math.inf if wait_s is None else wait_s)
         if not job.is_terminal:
             if hop >= MAX_HOP:  # no hop after this one: poll the job instead
-                return accepted(base_of(request), job).starlette()
-            return see_other(base_of(request), job, hop + 1).starlette()
-        return terminal_result(job).starlette()
+                return uncached(accepted(base_of(request), job).starlette())
+            return uncached(see_other(base_of(request), job, hop + 1).starlette())
+        # An ended job's outcome never changes: the client may keep it while the job is kept.
+        response = terminal_result(job).starlette()
+        response.headers["Cache-Control"] = f"private, max-age={_fresh_for(job.expires_at)}"
+        return conditional(request, response)
 
     async def cancel(self, request: Request) -> Response:
         job = await self.ot.cancel((await self.load(request)).id)
@@ -217,7 +287,8 @@ class Edge:
             limit=int_param(request, "limit", 50, 1, MAX_LIST_LIMIT),
             cursor=request.query_params.get("cursor") or None,
         )
-        return JSONResponse({"jobs": [job_json(base_of(request), job) for job in page.jobs], "next": page.next})
+        body = {"jobs": [job_json(base_of(request), job) for job in page.jobs], "next": page.next}
+        return conditional(request, JSONResponse(body, headers={"Cache-Control": REVALIDATE}))
 
     async def events(self, request: Request) -> Response:
         return await streams.job_events(self.ot, request, await self.load(request))
@@ -248,7 +319,13 @@ class Edge:
         if path is None:
             raise HTTPProblem(404, "no such file", type="not_found")
         media_type, headers = storage.media_type(job_id, name), request.headers
-        return file_response(path, media_type, name, headers.get("range"), headers.get("if-range"))
+        response = file_response(path, media_type, name, headers.get("range"), headers.get("if-range"))
+        # The file never changes under its name; the URL is valid until `expires`.
+        expires = whole_number(query.get("expires"), max_digits=12) or 0
+        response.headers["Cache-Control"] = f"private, max-age={_fresh_for(expires)}"
+        if not_modified(request, response.headers):
+            return Response(status_code=304, headers=_validators(response.headers))
+        return response
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -258,7 +335,10 @@ class Edge:
 
         if not self.ot.settings.openapi_public:
             self.owner(request)  # it names every job and its input: behind the key, when there are keys
-        return JSONResponse(document(self.ot))
+        routes = getattr(getattr(request.app, "router", None), "routes", [])
+        server = str(request.scope.get("app_root_path", request.scope.get("root_path", "")))
+        doc = document(self.ot, routes=routes, base=self.ot.mount_path, server=server)
+        return JSONResponse(doc, headers={"Cache-Control": REVALIDATE})
 
     async def metrics(self, request: Request) -> Response:
         self.owner(request)
@@ -297,7 +377,7 @@ def build_app(ot: Outlast, *, fallback: ASGIApp | None = None, **starlette_optio
     if fallback is not None:
         routes.append(Mount("/", app=fallback))
     app = Starlette(
-        middleware=[Middleware(ConnectionLimit, limit=ot.settings.max_connections)],
+        middleware=[Middleware(CORS, ot=ot), Middleware(ConnectionLimit, limit=ot.settings.max_connections)],
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _server_error},
@@ -327,6 +407,12 @@ def mount(ot: Outlast, app: ASGIApp, path: str = "") -> None:
 
     router.lifespan_context = lifespan
     app.state.outlast = ot  # type: ignore[attr-defined]
+    if callable(getattr(app, "openapi", None)) and hasattr(app, "openapi_schema"):  # FastAPI serves its own
+        from outlast.web.openapi import merge_into_fastapi
+
+        merge_into_fastapi(ot, app, path)
+    # Cross-origin requests, for the origins of `cors_origins` (read per request: none, nothing is added).
+    app.add_middleware(CORS, ot=ot)  # type: ignore[attr-defined]
 
 
 def find_outlast(app: Any) -> Outlast:

@@ -88,6 +88,7 @@ def _endpoint(ot: Outlast, definition: JobDefinition) -> Callable[..., Any]:
             return from_exception(exc)
 
     endpoint.__signature__ = _fastapi_signature(definition)  # type: ignore[attr-defined]
+    endpoint.outlast_job = definition.name  # type: ignore[attr-defined]  # for the OpenAPI document
     del endpoint.__wrapped__
     return endpoint
 
