@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -188,7 +189,27 @@ def serve(
         ws_max_size=max(ot.settings.max_body * 4 + 1024, 1 << 20),
     )
     quiet_invalid_utf8()  # after uvicorn.Config has set up logging
+    server_gc()
     _Server(config, ot).run()
+
+
+# Collect the young generations every GC_THRESHOLDS[0] allocations (CPython's default: 700), the
+# middle one every 20 of those, and everything only every 100 of the middle one's.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def server_gc() -> None:
+    """The garbage collector's policy for a server that keeps many long-lived objects.
+
+    A server with 10,000 open streams holds about 2 million objects, and a full
+    collection scans every one: half a second in which nothing is sent. What the
+    app built at start-up is frozen (never scanned again), and collections come
+    far less often, so that a full one rarely lands in the middle of a fan-out.
+    Memory freed by reference counting (nearly all of it) is unaffected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class _Server(uvicorn.Server):
