@@ -101,6 +101,7 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
         asyncio.TimeoutError,
         asyncpg.exceptions.ConnectionDoesNotExistError,
         asyncpg.exceptions.InterfaceError,  # e.g. the connection was closed under a query
+        asyncpg.exceptions.InternalClientError,  # a backend killed while its connection was idle in the pool
         asyncpg.exceptions.PostgresConnectionError,  # class 08
         asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, terminated backend, starting up
         asyncpg.exceptions.SerializationError,  # 40001
@@ -131,8 +132,10 @@ class PostgresStore:
     def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = POOL_SIZE) -> None:
         if asyncpg is None:
             raise ConfigError("the PostgreSQL store needs asyncpg: pip install 'outlast[postgres]'")
-        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
-            raise ConfigError(f"a PostgreSQL schema is letters, digits and '_' (not first), not {schema!r}")
+        if schema is not None and (not _SCHEMA_NAME.fullmatch(schema) or schema.lower().startswith("pg_")):
+            raise ConfigError(
+                f"a PostgreSQL schema is letters, digits and '_' (no digit first, no 'pg_' prefix), not {schema!r}"
+            )
         self.hub = Hub()
         self.dsn = dsn
         self.schema = schema
@@ -273,10 +276,14 @@ class PostgresStore:
         for delay in (*RETRY_DELAYS_S, None):
             try:
                 async with self._pool.acquire() as conn:
-                    if not transaction:
-                        return await fn(conn)
-                    async with conn.transaction():
-                        return await fn(conn)
+                    try:
+                        if not transaction:
+                            return await fn(conn)
+                        async with conn.transaction():
+                            return await fn(conn)
+                    except self._errors:
+                        conn.terminate()  # never back into the pool: the next try gets a new connection
+                        raise
             except self._errors as exc:
                 if delay is None:
                     raise _unavailable(exc) from exc
