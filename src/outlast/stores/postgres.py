@@ -24,12 +24,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -87,6 +88,7 @@ POOL_SIZE = 10
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 60.0
 RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0)  # between tries of a transaction that lost its connection
+PATIENT_S = 30.0  # how long a worker's progress and outcome are retried through an outage
 BATCH = 500  # jobs a purge or a reclaim takes per transaction; events a relay reads per query
 LISTENER_PING_S = 10.0  # how often the listening connection is checked when no notification comes
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -267,13 +269,19 @@ class PostgresStore:
 
     # -- transactions ----------------------------------------------------------------------
 
-    async def _retrying(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool) -> T:
+    async def _retrying(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool, patient: bool = False) -> T:
         """Run `fn` on a pooled connection (in a transaction if asked); a lost connection is retried.
 
+        A few times within two seconds, or (`patient`) for up to `PATIENT_S`:
+        a worker's outcome is worth waiting for through a database restart, and
+        fencing makes a late write safe (refused if the job was taken over).
         `fn` must be safe to run again: a transaction whose COMMIT got no answer
         may have committed, and each write here checks what it finds first.
         """
-        for delay in (*RETRY_DELAYS_S, None):
+        delays: Iterable[float | None] = (*RETRY_DELAYS_S, None)
+        if patient:
+            delays = itertools.chain(RETRY_DELAYS_S, itertools.repeat(1.0, int(PATIENT_S)), [None])
+        for delay in delays:
             try:
                 async with self._pool.acquire() as conn:
                     try:
@@ -294,8 +302,8 @@ class PostgresStore:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _tx(self, fn: Callable[[Conn], Awaitable[T]]) -> Awaitable[T]:
-        return self._retrying(fn, transaction=True)
+    def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, patient: bool = False) -> Awaitable[T]:
+        return self._retrying(fn, transaction=True, patient=patient)
 
     def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> Awaitable[T]:
         return self._retrying(fn, transaction=False)
@@ -579,7 +587,7 @@ class PostgresStore:
             await self._write(conn, job_id, change)
             return change.events
 
-        written = await self._tx(record)
+        written = await self._tx(record, patient=True)
         if written is None:
             return False
         publish(self.hub, written)
@@ -596,7 +604,7 @@ class PostgresStore:
             await self._save(conn, job, change)
             return job, change.events
 
-        finished = await self._tx(finish)
+        finished = await self._tx(finish, patient=True)
         if finished is None:
             return None
         publish(self.hub, finished[1])
