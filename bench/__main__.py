@@ -149,7 +149,7 @@ def main() -> None:
         if section == "http":
             figures["http"] = http_modes.measure(systems, seconds=2.0 if quick else 6.0, redis_url=args.redis)
         elif section == "notify":
-            figures["notify"] = notify.measure(clients=200 if quick else 1000, jobs=20 if quick else 100)
+            figures["notify"] = notify.measure(clients=200 if quick else 1000, jobs=20 if quick else 100, across=True)
         elif section == "memory":
             from bench import memory
 
