@@ -43,6 +43,7 @@ from tests.integration.test_redis_nodes import (
     wait_terminal,
     ws_follow,
 )
+from tests.integration.test_store_outage import GATEWAY_TIMEOUT, MARGIN, assert_store_unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -333,3 +334,65 @@ def test_migrate_then_serve(postgres_database, tmp_path, serve):  # noqa: F811
         assert response.status_code == 200 and response.json()["status"] in TERMINAL, response.text
     finally:
         asyncio.run(drop_schema(postgres_database, schema))
+
+
+# -- 7. a database that hangs or is down: 503 within the hold -------------------------------------
+
+
+def cluster_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and every process it started."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def test_a_frozen_or_stopped_postgres_answers_503_within_the_hold(private_postgres, serve):
+    api = serve(store=private_postgres.url, workers=1, gateway_timeout=GATEWAY_TIMEOUT, margin=MARGIN)
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        earlier = client.post("/jobs/echo", json={"text": "before"}, headers={"Prefer": "wait=2"})
+        assert earlier.status_code == 200, earlier.text
+        job_id = earlier.json()["id"]
+
+        frozen = cluster_pids(private_postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for method, path, headers in (
+                ("POST", "/jobs/echo", {"Prefer": "wait=10"}),
+                ("GET", f"/jobs/{job_id}", {}),
+                ("GET", f"/jobs/{job_id}", {"Prefer": "wait=10"}),
+            ):
+                started = time.monotonic()
+                response = client.request(
+                    method, path, json={"text": "during"} if method == "POST" else None, headers=headers
+                )
+                assert_store_unavailable(response, time.monotonic() - started)
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+        private_postgres.crash()
+        started = time.monotonic()
+        response = client.get(f"/jobs/{job_id}")
+        assert_store_unavailable(response, time.monotonic() - started)
+        private_postgres.start()
+
+        deadline = time.monotonic() + 20
+        while True:
+            response = client.post("/jobs/echo", json={"text": "after"}, headers={"Prefer": "wait=2"})
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert response.status_code == 503, response.text
+            time.sleep(0.2)  # the store is reconnecting: nothing to await but its answer
+        assert response.status_code == 200, response.text
+        assert response.json()["result"] == ["after"]
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
+    api.stop()
+    assert "Traceback" not in api.output(), api.output()

@@ -151,6 +151,7 @@ class PostgresStore:
         self._pending_event = asyncio.Event()
         self._rotation = 0
         self._errors = _connection_errors()
+        self._fatal: tuple[type[BaseException], ...] = (asyncio.CancelledError, *self._errors)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -232,7 +233,7 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn,
-                min_size=1,
+                min_size=0,  # no floor: asyncpg logs a traceback each time it fails to restore one in an outage
                 max_size=self.pool_size,
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S,
@@ -283,15 +284,7 @@ class PostgresStore:
             delays = itertools.chain(RETRY_DELAYS_S, itertools.repeat(1.0, int(PATIENT_S)), [None])
         for delay in delays:
             try:
-                async with self._pool.acquire() as conn:
-                    try:
-                        if not transaction:
-                            return await fn(conn)
-                        async with conn.transaction():
-                            return await fn(conn)
-                    except self._errors:
-                        conn.terminate()  # never back into the pool: the next try gets a new connection
-                        raise
+                return await self._once(fn, transaction=transaction)
             except self._errors as exc:
                 if delay is None:
                     raise _unavailable(exc) from exc
@@ -301,6 +294,34 @@ class PostgresStore:
                     raise StoreUnavailable("the store is closed") from None
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool) -> T:
+        """`fn` on a pooled connection, once.
+
+        A connection that failed, or whose query was cancelled (the hold ran
+        out: the server may hang), is closed at once, never rolled back nor
+        reset politely: either would wait on that server again.
+        """
+        conn = await self._pool.acquire()
+        try:
+            if not transaction:
+                return await fn(conn)
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                result = await fn(conn)
+            except self._fatal:
+                raise
+            except BaseException:
+                await tx.rollback()  # an error of the query (a conflict, a constraint): the connection is fine
+                raise
+            await tx.commit()
+            return result
+        except self._fatal:
+            conn.terminate()  # never back into the pool: the next try gets a new connection
+            raise
+        finally:
+            await self._pool.release(conn)
 
     def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, patient: bool = False) -> Awaitable[T]:
         return self._retrying(fn, transaction=True, patient=patient)
