@@ -215,12 +215,24 @@ async def test_a_thousand_jobs_end_once_each_while_workers_are_killed_at_random(
 # -- 5. PostgreSQL restarts ----------------------------------------------------------------------
 
 
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: `pg_config --bindir`, else Debian's newest /usr/lib/postgresql/N/bin."""
+    if shutil.which("pg_config"):
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        if (Path(found) / "initdb").exists():
+            return Path(found)
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return candidates[-1].parent if candidates else None
+
+
 class PostgresServer:
     """A private PostgreSQL cluster (initdb) on a free port; stopped with `-m immediate`, as in a crash."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip())
+        bindir = postgres_bindir()
+        assert bindir is not None
+        self.bindir = bindir
         self.directory = Path(tempfile.mkdtemp(prefix="outlast-pg-"))
         self.data = self.directory / "data"
         self.log = self.directory / "postgres.log"
@@ -252,10 +264,10 @@ class PostgresServer:
 @pytest.fixture
 def private_postgres() -> Iterator[PostgresServer]:
     postgres_or_skip()
-    if shutil.which("pg_config") is None:
+    if postgres_bindir() is None:
         if os.environ.get("CI"):
-            pytest.fail("pg_config is not installed")
-        pytest.skip("pg_config is not installed")
+            pytest.fail("initdb and pg_ctl are not installed")
+        pytest.skip("initdb and pg_ctl are not installed")
     server = PostgresServer()
     try:
         server.init()
