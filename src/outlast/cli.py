@@ -27,7 +27,7 @@ from outlast.stores import JobStore, ListQuery, open_store
 from outlast.stores._sqlite_db import path_from_url
 from outlast.stores.base import MAX_LIST_LIMIT
 from outlast.web.http import find_outlast
-from outlast.web.server import guarded_protocol
+from outlast.web.server import guarded_protocol, quiet_invalid_utf8
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -147,6 +147,7 @@ def serve(target: str, host: str, port: int, log_level: str, **flags: Any) -> No
         ws_ping_timeout=20,
         ws_max_size=max(ot.settings.max_body * 4 + 1024, 1 << 20),
     )
+    quiet_invalid_utf8()  # after uvicorn.Config has set up logging
     _Server(config, ot).run()
 
 

@@ -295,8 +295,9 @@ class Outlast:
 
         `webhook` is a URL to `POST` the job to on `webhook_events`. With
         `wait_s`, waits up to that long for the job to end (and returns it as it
-        is then); such a job may start at once on this process's workers when
-        one is free and no job waits before it. Raises `UnknownJobName`,
+        is then); such a job starts at once on this process's workers when one
+        is free, and without an idempotency key or a webhook it is not even
+        written until it ends or the wait is over (see `runner.Provisional`). Raises `UnknownJobName`,
         `InvalidInput` (a webhook URL that may not be called too), or
         `IdempotencyConflict`.
         """
@@ -323,6 +324,12 @@ class Outlast:
         deadline = self._wait_until(wait_s)
         # Listening before the job exists: none of its events can be missed, so none need reading back.
         with self.store.hub.listen(job.id) as listener:
+            if idempotency_key is None and webhook is None and self._runner is not None:
+                provisional = await self._runner.run_at_once(job)
+                if provisional is not None:  # nothing is written unless it must be (`Provisional`)
+                    self.metrics.submitted.labels(job.name).inc()
+                    ended = await self._until_terminal(listener, dataclasses.replace(provisional.job), deadline)
+                    return (ended if ended.is_terminal else await provisional.store_now()), True
             stored, created = await self._create(job, start=True)
             if created:
                 return await self._until_terminal(listener, stored, deadline), True
@@ -352,7 +359,12 @@ class Outlast:
             return await self._until_terminal(listener, await self.get(job_id), deadline)
 
     async def _until_terminal(self, listener: Listener, job: Job, deadline: float) -> Job:
-        """`job` as it is once terminal or at `deadline`; `listener` heard every event since it was read."""
+        """`job` as it is once terminal or at `deadline`; `listener` heard every event since it was read.
+
+        The job returned is as it is when the wait ends, not as it was read: the
+        status and progress events heard meanwhile are applied to it, and a job
+        still queued is read again for its position in the queue.
+        """
         while not job.is_terminal:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await listener.wait(remaining):
@@ -360,11 +372,18 @@ class Outlast:
             lagged = listener.lagged
             # Newer than the job in hand only: events of one job can arrive out of order (this
             # process's own, published after its write returns, and other nodes', relayed).
-            fresh = [e for e in listener.drain() if e.type == "status" and (e.seq or 0) > job.last_seq]
-            if lagged or fresh:
-                published = None if lagged else max(fresh, key=lambda e: e.seq or 0).job
-                # A job published by this process is as its write left it: no need to read it back.
-                job = await self.get(job.id) if published is None else dataclasses.replace(published)
+            fresh = sorted((e for e in listener.drain() if (e.seq or 0) > job.last_seq), key=lambda e: e.seq or 0)
+            if lagged or any(e.type == "status" and e.job is None for e in fresh):
+                job = await self.get(job.id)  # a gap, or a change another node made: the store has it
+                continue
+            for event in fresh:
+                if event.type == "status" and event.job is not None:
+                    # A job published by this process is as its write left it: no need to read it back.
+                    job = dataclasses.replace(event.job)
+                elif event.type == "progress":
+                    job = dataclasses.replace(job, progress=dict(event.data), last_seq=event.seq or job.last_seq)
+        if job.status is JobStatus.QUEUED:
+            job = await self.get(job.id)  # its place in the queue is reckoned when it is read
         return job
 
     async def cancel(self, job_id: str) -> Job:

@@ -11,7 +11,7 @@ import dataclasses
 import secrets
 from typing import Any
 
-from outlast.jobs import TERMINAL, Job
+from outlast.jobs import TERMINAL, Job, isoformat
 
 WEBHOOK_EVENTS = ("started", "progress", "completed")
 DEFAULT_EVENTS = ("completed",)
@@ -67,5 +67,16 @@ def deliveries_for(job: Job, type: str, data: dict[str, Any], now: float) -> lis
         return []
     if event == "progress":
         job.webhook_progress_at = now
-    payload = job.to_public()
+    payload = envelope(job, event, now)
     return [Delivery("msg_" + secrets.token_urlsafe(16), job.id, job.webhook_url, event, payload, next_at=now)]
+
+
+def envelope(job: Job, event: str, now: float) -> dict[str, Any]:
+    """The body of a delivery, in the Standard Webhooks envelope (docs/protocol.md, "Webhooks").
+
+    `type` is `job.started`, `job.progress`, or for `completed` the terminal
+    status: `job.succeeded`, `job.failed`, `job.canceled`; `timestamp` is when the
+    event happened; `data` is the job object as that event left it.
+    """
+    kind = job.status.value if event == "completed" else event
+    return {"type": f"job.{kind}", "timestamp": isoformat(now), "data": job.to_public()}

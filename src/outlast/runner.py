@@ -19,18 +19,18 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from outlast.artifacts import ArtifactStorage, Signer, Source
 from outlast.context import JobContext, Write
 from outlast.exceptions import Canceled, JobError, RetryableError
-from outlast.jobs import TIMEOUT, WORKER_LOST, ErrorInfo, Job, JobStatus, Outcome, is_json
+from outlast.jobs import TIMEOUT, WORKER_LOST, ErrorInfo, Event, Job, JobStatus, Outcome, is_json
 from outlast.metrics import Metrics
 from outlast.outages import Outage
 from outlast.registry import JobDefinition
-from outlast.stores.base import JobStore, StartsAtOnce
+from outlast.stores.base import JobStore, StartsAtOnce, StoresRanJobs
 
 logger = logging.getLogger("outlast.runner")
 
@@ -41,11 +41,83 @@ DEFAULT_GRACE_S = 10.0
 JOB_THREAD_PREFIX = "outlast-job"
 
 
+class Provisional:
+    """A job run at once, before anything of it is stored: durability is paid only when it buys something.
+
+    A sync request that finds a free slot here runs its job at once. Nothing is
+    written while the client waits: the job's progress and logs are kept here,
+    numbered as the store would number them. Then one of two things happens:
+
+    - the job ends within the wait: it is written once, ended, with its events
+      (`StoresRanJobs.put`, one statement that group commit shares), and only
+      then is the client answered;
+    - the wait is over first: `store_now()` writes it as it is, running and
+      leased by this worker, before the client is given its id (`202` or `303`);
+      from then on it is a job like any claimed one (heartbeats, reclaim after a
+      crash).
+
+    A crash before either loses only a request that was never answered.
+    """
+
+    def __init__(self, job: Job, store: StoresRanJobs, events: list[Event], lease_s: float) -> None:
+        self.job = job
+        self.store = store
+        self.events = events
+        self.lease_s = lease_s
+        self.stored = False
+        self._lock = asyncio.Lock()
+
+    async def store_now(self) -> Job:
+        """Write the job as it is now, unless it is written already; the job as it is then."""
+        async with self._lock:
+            if not self.stored:
+                running = dataclasses.replace(self.job, lease_until=time.time() + self.lease_s)  # a full lease
+                await self._put(running, self.events)
+                return dataclasses.replace(running)
+        return await self.store.get(self.job.id) or dataclasses.replace(self.job)
+
+    async def record(
+        self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
+    ) -> bool:
+        async with self._lock:
+            if self.stored:
+                return await self.store.record(job_id, token, events, progress)
+            if progress is not None:
+                self.job.progress = progress
+            for type, data in events:
+                self.events.append(_next(self.job, type, data))
+            return True
+
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
+        async with self._lock:
+            if not self.stored and outcome.status is JobStatus.QUEUED:
+                await self._put(self.job, self.events)  # a retry: stored first, to be queued again
+            if self.stored:
+                return await self.store.finish(job_id, token, outcome)
+            ended = dataclasses.replace(self.job)  # changed only once it is written
+            outcome.apply(ended, time.time())
+            last = _next(ended, *ended.status_event())
+            last.job = dataclasses.replace(ended)
+            await self._put(ended, [*self.events, last])
+            return dataclasses.replace(ended)
+
+    async def _put(self, job: Job, events: list[Event]) -> None:
+        await self.store.put(job, events)
+        self.job, self.events, self.stored = job, events, True
+
+
+def _next(job: Job, type: str, data: dict[str, Any]) -> Event:
+    """`job`'s next event, numbered as a store numbers it (a job run at once has no webhook)."""
+    job.last_seq += 1
+    return Event(job.id, job.last_seq, type, data)
+
+
 @dataclasses.dataclass(slots=True)
 class _Running:
     job: Job
     context: JobContext
     definition: JobDefinition
+    target: JobStore | Provisional
     task: asyncio.Task[Outcome] | None = None
     thread: asyncio.Future[Any] | None = None
     cancel_requested: bool = False
@@ -90,6 +162,7 @@ class Runner:
         self._stopping = asyncio.Event()
         self._unsubscribe = store.hub.on_cancel(self._cancel_local)
         self._starter = store if isinstance(store, StartsAtOnce) else None
+        self._ran_jobs = store if isinstance(store, StoresRanJobs) else None
         self._claims = Outage(logger, "claiming jobs")
         self._claim_backoff_s = 0.0
         self._maintenance = Outage(logger, "maintenance (heartbeats, reclaims, purges)")
@@ -115,7 +188,7 @@ class Runner:
         self.store.hub.work_available()  # wakes the claim loop so it sees _stopping
         if self._executions:
             await asyncio.wait(self._executions, timeout=grace_s)
-        unfinished = {job_id: running.job.token for job_id, running in self._running.items()}
+        unfinished = {job_id: running.job.token for job_id, running in self._stored().items()}
         for running in self._running.values():
             running.context._cancel()  # sync jobs still in their threads: ask them to stop
         for task in [*self._executions, *self._tasks]:
@@ -197,9 +270,28 @@ class Runner:
             self._slots.release()
         return stored, created
 
-    def _launch(self, job: Job) -> None:
+    async def run_at_once(self, job: Job) -> Provisional | None:
+        """Run `job` here at once, writing nothing yet (see `Provisional`); None if this runner can't.
+
+        It can with a store that takes jobs that ran (`StoresRanJobs`), a free
+        slot, and a job it serves. A job queued meanwhile waits for the next free
+        slot, as it would have if this one had come a moment sooner.
+        """
+        store = self._ran_jobs
+        if store is None or self._stopping.is_set() or self._slots.locked() or job.name not in self.registry:
+            return None
+        await self._slots.acquire()  # free: returns at once
+        job.start(self.worker, self.lease_s, time.time())
+        job.last_seq = 1
+        started = Event(job.id, 1, *job.status_event())
+        started.job = dataclasses.replace(job)
+        provisional = Provisional(job, store, [started], self.lease_s)
+        self._launch(job, provisional)
+        return provisional
+
+    def _launch(self, job: Job, target: JobStore | Provisional | None = None) -> None:
         """Run a job claimed for this worker; its slot is already taken."""
-        execution = asyncio.create_task(self._execute(job), name=f"outlast-job-{job.id}")
+        execution = asyncio.create_task(self._execute(job, target or self.store), name=f"outlast-job-{job.id}")
         self._executions.add(execution)
         execution.add_done_callback(self._done)
 
@@ -209,7 +301,7 @@ class Runner:
 
     # -- running one job ------------------------------------------------------------
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, job: Job, target: JobStore | Provisional) -> None:
         definition = self.registry[job.name]
         context = JobContext(
             job_id=job.id,
@@ -218,9 +310,9 @@ class Runner:
             loop=asyncio.get_running_loop(),
             save_artifact=functools.partial(self._save_artifact, job),
         )
-        running = _Running(job, context, definition)
+        running = _Running(job, context, definition, target)
         self._running[job.id] = running
-        write = functools.partial(self.store.record, job.id, job.token)
+        write = functools.partial(target.record, job.id, job.token)
         flusher = asyncio.create_task(context._flush_loop(write))
         started = time.monotonic()
         try:
@@ -267,12 +359,12 @@ class Runner:
             outcome = Outcome.canceled()
         try:
             await running.context._drain(write)
-            finished = await self.store.finish(job.id, job.token, outcome)
+            finished = await running.target.finish(job.id, job.token, outcome)
         except Exception:
             logger.exception("job %s: its outcome could not be stored", job.id)
             error = ErrorInfo("store_error", "the job's outcome could not be stored", 500)
             try:
-                finished = await self.store.finish(job.id, job.token, Outcome.failed(error))
+                finished = await running.target.finish(job.id, job.token, Outcome.failed(error))
             except Exception:
                 logger.exception("job %s: not even its failure could be stored; its lease will expire", job.id)
                 return
@@ -379,7 +471,7 @@ class Runner:
                     last_heartbeat = now
                     await self._heartbeat()
                 else:
-                    for job_id in await self.store.cancel_requests(list(self._running)):
+                    for job_id in await self.store.cancel_requests(list(self._stored())):
                         self._cancel_local(job_id)
                 if now - last_reclaim >= reclaim_every_s:
                     last_reclaim = now
@@ -395,8 +487,16 @@ class Runner:
             else:
                 self._maintenance.succeeded()
 
+    def _stored(self) -> dict[str, _Running]:
+        """The running jobs the store knows of (not those run at once and not written yet)."""
+        return {
+            job_id: running
+            for job_id, running in self._running.items()
+            if not isinstance(running.target, Provisional) or running.target.stored
+        }
+
     async def _heartbeat(self) -> None:
-        leases = {job_id: running.job.token for job_id, running in self._running.items()}
+        leases = {job_id: running.job.token for job_id, running in self._stored().items()}
         result = await self.store.heartbeat(leases, self.lease_s)
         for job_id in result.cancel:
             self._cancel_local(job_id)

@@ -91,4 +91,4 @@ async def test_a_job_started_at_once_has_its_started_webhook(store: JobStore, st
     job, created = await starter.create_started(hooked, "w1", ["report"], 30)
     assert created and job.status is JobStatus.RUNNING
     [started] = await store.claim_deliveries(lease_s=60, limit=10)
-    assert (started.job_id, started.event, started.payload["status"]) == (job.id, "started", "running")
+    assert (started.job_id, started.event, started.payload["data"]["status"]) == (job.id, "started", "running")

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from outlast.exceptions import IdempotencyConflict, InvalidRequest, JobNotFinished
-from outlast.jobs import WORKER_LOST, ErrorInfo, Job, JobStatus, Outcome
+from outlast.jobs import WORKER_LOST, ErrorInfo, Event, Job, JobStatus, Outcome
 from outlast.stores import JobStore, ListQuery
+from outlast.stores.base import StoresRanJobs
 
 
 def new_job(name: str = "report", retention_s: float = 60.0, max_attempts: int = 3, **input: object) -> Job:
@@ -327,8 +328,9 @@ async def test_webhook_deliveries_are_written_with_their_events(store: JobStore)
     assert sorted(d.event for d in deliveries) == ["completed", "started"]
     assert all(d.url == "https://example.com/h" and d.job_id == job.id for d in deliveries)
     completed = next(d for d in deliveries if d.event == "completed")
-    assert completed.payload["status"] == "succeeded"
-    assert completed.payload["result"] == {"ok": 1}
+    assert completed.payload["type"] == "job.succeeded"
+    assert completed.payload["data"]["status"] == "succeeded"
+    assert completed.payload["data"]["result"] == {"ok": 1}
     assert await store.claim_deliveries(lease_s=60, limit=10) == []  # leased: not due again yet
     completed.state, completed.attempt, completed.last_status = "delivered", 1, 200
     await store.save_delivery(completed)
@@ -363,3 +365,57 @@ async def test_queue_length_counts_queued_jobs_of_a_name(store: JobStore):
     await store.claim("w", ["report"], 30)
     assert await store.queue_length("report") == 2
     assert await store.queue_length("nothing") == 0
+
+
+def ran_here(job: Job, lease_s: float, outcome: Outcome | None = None) -> tuple[Job, list[Event]]:
+    """A job as a worker ran it before anything was stored, and its events (as `runner.Provisional` makes them)."""
+    job.start("w", lease_s, time.time())
+    events = [Event(job.id, 1, *job.status_event())]
+    if outcome is not None:
+        outcome.apply(job, time.time())
+        events.append(Event(job.id, 2, *job.status_event()))
+    job.last_seq = len(events)
+    return job, events
+
+
+async def test_put_stores_a_job_that_ran_and_ended(store: JobStore):
+    assert isinstance(store, StoresRanJobs)
+    job, events = ran_here(new_job(rows=1), 30, Outcome.succeeded({"rows": 1}))
+    with store.hub.listen(job.id) as listener:
+        await store.put(job, events)
+        assert [e.seq for e in listener.drain()] == [1, 2]  # published once written
+    got = await store.get(job.id)
+    assert got is not None and got.status is JobStatus.SUCCEEDED and got.result == {"rows": 1}
+    assert got.lease_until is None and got.expires_at is not None
+    assert [(e.seq, e.data["status"]) for e in await store.events(job.id)] == [(1, "running"), (2, "succeeded")]
+    assert [j.id for j in (await store.list_jobs(ListQuery())).jobs] == [job.id]
+    assert await store.claim("w2", ["report"], 30) is None  # nothing to claim
+    assert await store.delete(job.id)
+
+
+async def test_put_stores_a_running_job_leased_to_its_worker(store: JobStore):
+    assert isinstance(store, StoresRanJobs)
+    job, events = ran_here(new_job(), 30)
+    await store.put(job, events)
+    got = await store.get(job.id)
+    assert got is not None and got.status is JobStatus.RUNNING and got.token == job.token
+    assert got.lease_until is not None and got.lease_until > time.time()
+    assert await store.record(job.id, job.token, [("log", {"message": "hi"})], {"current": 1}) is True
+    result = await store.heartbeat({job.id: job.token}, 30)
+    assert result.lost == frozenset()
+    finished = await store.finish(job.id, job.token, Outcome.succeeded(7))
+    assert finished is not None and finished.status is JobStatus.SUCCEEDED
+    assert [e.seq for e in await store.events(job.id)] == [1, 2, 3]
+
+
+async def test_a_put_job_whose_lease_lapses_is_reclaimed_and_queued_last(store: JobStore):
+    assert isinstance(store, StoresRanJobs)
+    earlier, _ = await store.create(new_job(label="earlier"))
+    job, events = ran_here(new_job(label="ran"), 0.01)
+    await store.put(job, events)
+    await asyncio.sleep(0.05)
+    [reclaimed] = await store.reclaim_expired()
+    assert reclaimed.id == job.id and reclaimed.status is JobStatus.QUEUED and reclaimed.attempt == 2
+    first = await store.claim("w", ["report"], 30)
+    second = await store.claim("w", ["report"], 30)
+    assert (first.id, second.id) == (earlier.id, job.id)  # type: ignore[union-attr]

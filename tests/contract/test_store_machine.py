@@ -46,7 +46,7 @@ from outlast.stores import memory as memory_module
 from outlast.stores import postgres as postgres_module
 from outlast.stores import redis as redis_module
 from outlast.stores import sqlite as sqlite_module
-from outlast.stores.base import MAX_LIST_LIMIT
+from outlast.stores.base import MAX_LIST_LIMIT, StoresRanJobs
 from tests.contract.conftest import REDIS_URL, STORES, drop_namespace, drop_schema, redis_or_skip
 
 T = TypeVar("T")
@@ -137,6 +137,7 @@ class Model:
     gone: bool = False
     frozen: dict[str, Any] | None = None  # the stored job once it was first seen terminal
     attempt_seen: int = 1
+    ran_first: bool = False  # put by a worker that ran it before it was stored
 
     def __repr__(self) -> str:
         return self.label
@@ -312,6 +313,52 @@ class StoreMachine(RuleBasedStateMachine):
         self.by_id[m.id] = m
         if key is not None:
             self.keys[key] = m
+
+    @precondition(lambda self: len(self.live()) < MAX_LIVE_JOBS)
+    @rule(
+        job=SUBMITS,
+        lease_s=LEASES,
+        ended=st.none() | st.sampled_from(["succeeded", "failed", "canceled"]),
+        result=st.sampled_from(RESULTS),
+    )
+    def put_ran(self, job: Submit, lease_s: float, ended: str | None, result: Any) -> None:
+        """A job run at once by a worker before it was stored: written running (leased), or ended."""
+        name, value, _, retention_s, max_attempts = job
+        assert isinstance(self.store, StoresRanJobs)
+        ran = Job.new(name, {"x": value}, max_attempts=max_attempts, retention_s=retention_s, now=CLOCK.time())
+        ran.start(WORKER, lease_s, CLOCK.time())
+        events = [Event(ran.id, 1, *ran.status_event())]
+        if ended is not None:
+            self.outcome(ended, result).apply(ran, CLOCK.time())
+            events.append(Event(ran.id, 2, *ran.status_event()))
+        ran.last_seq = len(events)
+        self.run(self.store.put(ran, events))
+        m = Model(
+            label=f"job{len(self.jobs)}",
+            id=ran.id,
+            order=len(self.jobs),
+            name=name,
+            input=ran.input,
+            key=None,
+            retention_s=retention_s,
+            max_attempts=max_attempts,
+            due=self.now,
+            status=JobStatus.RUNNING,
+            token=1,
+            lease_until=self.now + lease_s,
+            ran_first=True,
+        )
+        self.jobs.append(m)
+        self.by_id[m.id] = m
+        if ended == "succeeded":
+            m.result = result
+            self.end(m, JobStatus.SUCCEEDED)
+        elif ended is not None:
+            self.end(m, JobStatus(ended), FAILURE.type if ended == "failed" else CANCELED)
+        lease = Lease(m.label, m.token)
+        self.issued.append(lease)
+        if ended is None:
+            self.held.append(lease)
 
     @precondition(lambda self: any(m.status is JobStatus.QUEUED for m in self.live()))
     @rule(names=st.sampled_from([("a",), ("b",), ("a", "b")]), lease_s=LEASES)
@@ -533,7 +580,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert [e.seq for e in events] == list(range(1, m.events + 1)), f"events of {m}"
             assert job.last_seq == m.events
             statuses = [e.data for e in events if e.type == "status"]
-            assert statuses[0]["status"] == JobStatus.QUEUED.value
+            # a job's first status: queued, or running for one that ran before it was stored
+            assert statuses[0]["status"] == (JobStatus.RUNNING if m.ran_first else JobStatus.QUEUED).value
             assert statuses[-1]["status"] == job.status.value
             assert statuses[-1]["attempt"] == job.attempt
             assert statuses[-1]["result"] == public["result"]

@@ -35,6 +35,7 @@ async def test_the_websocket_needs_a_key_and_sees_only_its_jobs(serve: Any):
         assert json.loads(await ws.recv())["status"] == 404
     async with connect(ws_url, additional_headers={"Authorization": "Bearer alice-key"}) as ws:
         await ws.send(json.dumps({"action": "subscribe", "id": job["id"]}))
+        assert json.loads(await ws.recv())["type"] == "subscribed"
         assert json.loads(await ws.recv())["type"] == "event"
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -506,6 +509,34 @@ def test_sync_submit_events_and_cancel(serve):
         seqs = [event.seq for event in done.events() if event.seq is not None]
         assert seqs == list(range(1, len(seqs) + 1))
         assert done.status == "succeeded"
+
+
+def test_a_sync_client_serves_several_threads_at_once(serve):
+    server = serve(**GATEWAY)
+    with Client(server.url) as client, ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: client.run("echo", {"text": str(i), "times": 2}, timeout=30), range(8)))
+    assert results == [[str(i), str(i)] for i in range(8)]
+
+
+def test_closing_a_sync_client_cancels_the_calls_of_other_threads_and_ends_its_thread(serve):
+    server = serve(**GATEWAY)
+    before = set(threading.enumerate())
+    client = Client(server.url)
+    running = threading.Event()
+
+    def on_progress(update: Update) -> None:
+        if update.progress:
+            running.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.run, "sleep", {"seconds": 30, "steps": 30}, timeout=60, on_progress=on_progress)
+        assert running.wait(timeout=20)
+        client.close()
+        with pytest.raises(concurrent.futures.CancelledError):
+            waiting.result(timeout=10)
+    client.close()  # again: nothing to do
+    assert set(threading.enumerate()) <= before  # the client's thread has ended
+    httpx.post(f"{server.url}/jobs/{jobs_named(server.url, 'sleep')[0]['id']}/cancel", timeout=10)
 
 
 # -- the docs' example ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from outlast.client import Client
 from tests.integration.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -41,10 +43,15 @@ BECOME_OUTLAST = (
 )
 
 
+def ignore_sigint() -> None:
+    """In the child, before exec: SIGINT ignored, as for a command a script starts with `cmd &`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Terminal:
     """`outlast ARGS` with a pty for stdin and stderr; read what it shows, type into it."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, sigint_ignored: bool = False) -> None:
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
         env = {**os.environ, "TERM": "xterm-256color", "PYTHONUNBUFFERED": "1"}
@@ -58,6 +65,7 @@ class Terminal:
             stderr=slave,
             stdout=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=ignore_sigint if sigint_ignored else None,
         )
         os.close(slave)
         self.raw = b""
@@ -123,8 +131,8 @@ class Terminal:
 def terminal() -> Iterator[Callable[..., Terminal]]:
     opened: list[Terminal] = []
 
-    def open_terminal(*args: str) -> Terminal:
-        term = Terminal(*args)
+    def open_terminal(*args: str, sigint_ignored: bool = False) -> Terminal:
+        term = Terminal(*args, sigint_ignored=sigint_ignored)
         opened.append(term)
         return term
 
@@ -208,9 +216,13 @@ def test_a_timeout_exits_4_and_the_job_goes_on(serve, terminal):
     httpx.post(f"{server.url}/jobs/{job_id.group(1)}/cancel", timeout=10)
 
 
-def test_ctrl_c_asks_and_c_cancels_the_job(serve, terminal):
+SIGINT_AT_START = pytest.mark.parametrize("sigint_ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
+
+
+@SIGINT_AT_START
+def test_ctrl_c_asks_and_c_cancels_the_job(serve, terminal, sigint_ignored):
     server = serve(**GATEWAY)
-    term = terminal("run", server.url, "sleep", "-i", "seconds=30", "-i", "steps=30")
+    term = terminal("run", server.url, "sleep", "-i", "seconds=30", "-i", "steps=30", sigint_ignored=sigint_ignored)
     job_id = term.expect(lambda text: JOB_ID.search(text), 20, "the job's id").group(1)
     term.expect(lambda text: "1/30" in text, 20, "the job running")
     term.type(b"\x03")  # Ctrl-C: the terminal sends SIGINT
@@ -220,12 +232,14 @@ def test_ctrl_c_asks_and_c_cancels_the_job(serve, terminal):
     assert code == 3, term.text
     assert stdout == ""
     assert f"job {job_id}" in term.text
+    assert f"job {job_id}: cancellation requested" in term.text
     assert job_status(server.url, job_id, wait_for_end=True) == "canceled"
 
 
-def test_ctrl_c_and_d_detaches_and_leaves_the_job_running(serve, terminal):
+@SIGINT_AT_START
+def test_ctrl_c_and_d_detaches_and_leaves_the_job_running(serve, terminal, sigint_ignored):
     server = serve(**GATEWAY)
-    term = terminal("run", server.url, "sleep", "-i", "seconds=30", "-i", "steps=30")
+    term = terminal("run", server.url, "sleep", "-i", "seconds=30", "-i", "steps=30", sigint_ignored=sigint_ignored)
     job_id = term.expect(lambda text: JOB_ID.search(text), 20, "the job's id").group(1)
     term.expect(lambda text: "1/30" in text, 20, "the job running")
     term.type(b"\x03")
@@ -233,8 +247,8 @@ def test_ctrl_c_and_d_detaches_and_leaves_the_job_running(serve, terminal):
     term.type(b"d\n")
     code, stdout = term.finish(30)
     assert code == 0, term.text
-    assert json.loads(stdout)["id"] == job_id
-    assert "outlast watch" in term.text
+    assert json.loads(stdout) == {"id": job_id, "status": "running"}  # as docs/client.md shows it
+    assert f"outlast watch {server.url} {job_id}" in term.text
     assert job_status(server.url, job_id) == "running"
     httpx.post(f"{server.url}/jobs/{job_id}/cancel", timeout=10)
 
@@ -263,3 +277,44 @@ def test_watch_follows_a_job_and_cancel_cancels_one(serve, terminal):
     code, _ = unknown.finish(30)
     assert code == 2, unknown.text
     assert '"status": 404' in unknown.text
+
+
+def outlast(*args: str) -> subprocess.CompletedProcess[str]:
+    """`outlast ARGS` without a terminal, as a script runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "outlast", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cancel_prints_what_it_did(serve):
+    server = serve(**GATEWAY)
+    with Client(server.url) as client:
+        running = client.submit("sleep", {"seconds": 30, "steps": 30})
+        next(event for event in running.events() if event.type == "progress")
+        done = client.submit("echo", {"text": "x"})
+        done.wait(timeout=20)
+    requested = outlast("cancel", server.url, running.id)
+    assert (requested.returncode, requested.stdout) == (0, f"{running.id}: cancellation requested\n")
+    assert job_status(server.url, running.id, wait_for_end=True) == "canceled"
+    again = outlast("cancel", server.url, running.id)
+    assert (again.returncode, again.stdout) == (0, f"{running.id}: canceled\n")
+    ended = outlast("cancel", server.url, done.id)
+    assert (ended.returncode, ended.stdout) == (0, f"{done.id}: succeeded\n")
+    assert job_status(server.url, done.id) == "succeeded"
+    assert requested.stderr == again.stderr == ended.stderr == ""
+
+
+def test_run_exits_cleanly_time_after_time(serve):
+    """Nothing is left for the garbage collector once the client's loop is gone.
+
+    ("Task was destroyed but it is pending!" ended some runs: generators of the
+    event stream, closed by the GC as the loop stopped.)
+    """
+    server = serve(**GATEWAY)
+    for attempt in range(8):
+        mode = ("auto", "sse", "ws", "long-poll")[attempt % 4]
+        done = outlast("run", server.url, "sleep", "-i", "seconds=1", "-i", "steps=2", "--mode", mode, "-q")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"slept": 1.0, "attempt": 1}
+        for complaint in ("Task was destroyed", "Exception ignored", "never awaited", "Traceback"):
+            assert complaint not in done.stderr, f"run {attempt + 1}, --mode {mode}:\n{done.stderr}"

@@ -108,3 +108,31 @@ def test_the_flask_example_succeeds_through_the_gateway(serve: Any, tmp_path: Pa
         assert fast.json() == {"MESSAGE": "It took 0.1 seconds to generate this."}
     finally:
         gateway.stop()
+
+
+def test_each_response_carries_one_date_and_one_server(behind_gateway: tuple[Server, str, Process]):
+    _, url, _ = behind_gateway
+    for response in (httpx.get(f"{url}/healthz", timeout=5), httpx.get(f"{url}/jobs/j_nope", timeout=5)):
+        names = [name.lower() for name, _ in response.headers.multi_items()]
+        assert names.count("date") == 1 and names.count("server") == 1, response.headers
+
+
+def test_a_stream_cut_at_the_deadline_is_one_log_line_not_a_traceback(behind_gateway: tuple[Server, str, Process]):
+    _, url, gateway = behind_gateway
+    job = httpx.post(f"{url}/jobs/report", json={"delay": 8000, "rows": 1}, timeout=5).json()
+    started = time.monotonic()
+    lines: list[str] = []
+
+    def read_to_the_end() -> None:
+        with httpx.stream("GET", f"{url}/jobs/{job['id']}/events", timeout=10) as stream:
+            assert stream.status_code == 200
+            lines.extend(stream.iter_lines())
+
+    with pytest.raises(httpx.RemoteProtocolError):  # the body ends incomplete
+        read_to_the_end()
+    assert "retry: 2000" in lines
+    assert 2.5 < time.monotonic() - started < 4.5  # cut at the gateway's 3 s, incomplete
+    time.sleep(0.3)
+    log = gateway.output()
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert log.count("cut") == 1, log

@@ -225,6 +225,8 @@ async def ws_follow(server: Server, job_ids: list[str]) -> dict[str, list[Event]
         ended: set[str] = set()
         while ended != set(job_ids):
             message = json.loads(await ws.recv())
+            if message["type"] == "subscribed":
+                continue
             assert message["type"] == "event", message
             if message["seq"] is None:
                 assert message["event"] == "position", message

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -114,8 +115,22 @@ def test_a_receiver_that_fails_twice_gets_three_deliveries_with_one_id(serve: An
     assert len(ids) == 1
     for headers, body in hook.requests:
         payload = Webhook(SECRET).verify(body, headers)
-        assert payload["id"] == job["id"]
-        assert payload["status"] == "succeeded"
+        assert set(payload) == {"type", "timestamp", "data"}
+        assert payload["type"] == "job.succeeded"
+        assert payload["data"]["id"] == job["id"]
+        assert payload["data"]["status"] == "succeeded"
+        assert "links" not in payload["data"]
+        # RFC 3339, when the job ended (the same on every attempt of the delivery).
+        assert payload["timestamp"].endswith("Z")
+        stamped = datetime.fromisoformat(payload["timestamp"].replace("Z", "+00:00"))
+        assert (
+            abs(
+                (
+                    stamped - datetime.fromisoformat(payload["data"]["finished_at"].replace("Z", "+00:00"))
+                ).total_seconds()
+            )
+            < 1
+        )
     state = wait_state(server.url, job["id"], "delivered")
     assert (state["attempts"], state["last_status"]) == (3, 200)
 
@@ -155,7 +170,7 @@ def test_redirects_are_failures_and_are_not_followed(serve: Any, receiver: Any):
     state = wait_state(server.url, job["id"], "failed")
     assert state["last_status"] == 302
     assert len(hook.requests) == 3
-    assert all(json.loads(body)["id"] == job["id"] for _, body in hook.requests)  # /elsewhere was never asked
+    assert all(json.loads(body)["data"]["id"] == job["id"] for _, body in hook.requests)  # /elsewhere was never asked
 
 
 def test_410_stops_delivery(serve: Any, receiver: Any):
@@ -174,6 +189,25 @@ def test_events_filter_and_order(serve: Any, receiver: Any):
     server = serve(env=env())
     job = submit(server.url, hook.url, events="started, completed", seconds=0.5)
     hook.wait_for(2)
-    statuses = [json.loads(body)["status"] for _, body in hook.requests]
-    assert sorted(statuses) == ["running", "succeeded"]
+    bodies = [json.loads(body) for _, body in hook.requests]
+    assert sorted(b["data"]["status"] for b in bodies) == ["running", "succeeded"]
+    assert sorted(b["type"] for b in bodies) == ["job.started", "job.succeeded"]
     assert {d["event"] for d in deliveries(server.url, job["id"])} == {"started", "completed"}
+
+
+def test_each_event_has_its_own_type_in_the_standard_webhooks_envelope(serve: Any, receiver: Any):
+    hook = receiver([])
+    server = serve(env=env())
+    every = {"Outlast-Webhook": hook.url, "Outlast-Webhook-Events": "started, progress, completed"}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        failed = client.post("/jobs/fail", json={}, headers={**every, "Prefer": "wait=5"}).json()
+        slow = client.post("/jobs/sleep", json={"seconds": 30, "steps": 30}, headers={**every, "Prefer": "wait=2"})
+        client.post(f"/jobs/{slow.json()['id']}/cancel")
+    hook.wait_for(5)  # failed: started, completed; slow: started, progress (one per 5 s), completed
+    time.sleep(0.5)
+    received: dict[str, list[str]] = {}
+    for headers, body in hook.requests:
+        payload = Webhook(SECRET).verify(body, headers)
+        received.setdefault(payload["data"]["id"], []).append(payload["type"])
+    assert received[failed["id"]] == ["job.started", "job.failed"]
+    assert received[slow.json()["id"]] == ["job.started", "job.progress", "job.canceled"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -40,12 +41,14 @@ async def send(ws: ClientConnection, message: Message) -> None:
 async def receive(ws: ClientConnection) -> Message:
     message: Message = json.loads(await ws.recv())
     assert isinstance(message, dict), message
-    assert message.get("type") in {"accepted", "event", "error"}, message
+    assert message.get("type") in {"accepted", "subscribed", "unsubscribed", "cancel", "ended", "event", "error"}, (
+        message
+    )
     return message
 
 
 async def reply(ws: ClientConnection) -> Message:
-    """The next message that is not a job's event (an `accepted` or an `error`)."""
+    """The next message that is not a job's event: the answer to a message the client sent."""
     while True:
         message = await receive(ws)
         if message["type"] != "event":
@@ -262,7 +265,8 @@ async def test_every_subscriber_gets_every_event_and_unsubscribe_stops_them(serv
 
         # The third one leaves after its first event.
         assert (await events_until(three, job["id"], seq_is(1)))[-1]["seq"] == 1
-        await send(three, {"action": "unsubscribe", "id": job["id"]})
+        await send(three, {"action": "unsubscribe", "id": job["id"], "ref": "u"})
+        assert await reply(three) == {"type": "unsubscribed", "ref": "u", "id": job["id"]}
         await send(three, {"action": "subscribe", "id": "j_nosuchjob", "ref": "probe-1"})
         error = await reply(three)  # events already on their way may come before it
         assert error == {**error, "type": "error", "status": 404, "ref": "probe-1"}, error
@@ -351,3 +355,108 @@ async def test_a_client_that_stops_reading_does_not_slow_the_others(serve):
         finally:
             slow.transport.abort()
         assert (await client.get("/healthz")).status_code == 200
+
+
+# -- 8. every message is answered ------------------------------------------------------------
+
+
+async def test_subscribe_cancel_and_unsubscribe_are_answered_with_their_ref(serve):
+    server = serve()
+    job = await submit_http(server, "sleep", {"seconds": 30, "steps": 30})
+    async with open_ws(server) as ws, asyncio.timeout(20):
+        await send(ws, {"action": "subscribe", "id": job["id"], "ref": {"n": 1}})
+        assert await reply(ws) == {"type": "subscribed", "ref": {"n": 1}, "id": job["id"], "after": 0}
+        await events_until(ws, job["id"], is_running)
+
+        await send(ws, {"action": "cancel", "id": job["id"], "ref": "c"})
+        answer = await reply(ws)
+        assert answer["type"] == "cancel" and answer["ref"] == "c", answer
+        assert answer["job"]["id"] == job["id"]
+        assert answer["job"]["status"] in {"running", "canceled"}  # running: asked to stop; it ends soon
+        assert answer["job"]["links"]["self"] == f"/jobs/{job['id']}"
+        assert_ends(await events_until(ws, job["id"]), "canceled")
+
+        await send(ws, {"action": "cancel", "id": job["id"], "ref": "again"})  # idempotent, and still answered
+        again = await reply(ws)
+        assert again["type"] == "cancel" and again["ref"] == "again" and again["job"]["status"] == "canceled"
+
+        await send(ws, {"action": "unsubscribe", "id": job["id"], "ref": 7})
+        assert await reply(ws) == {"type": "unsubscribed", "ref": 7, "id": job["id"]}
+        await send(ws, {"action": "unsubscribe", "ref": 8})
+        error = await reply(ws)
+        assert error["type"] == "error" and error["status"] == 400 and error["ref"] == 8, error
+
+
+async def test_a_subscription_at_or_after_the_end_says_ended_and_holds_no_slot(serve):
+    server = serve()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        done = (await client.post("/jobs/echo", json={"text": "hi"}, params={"wait": 10})).json()
+        running = await submit_http(server, "sleep", {"seconds": 2, "steps": 2})
+    assert done["status"] == "succeeded"
+    async with open_ws(server) as ws, asyncio.timeout(30):
+        await send(ws, {"action": "subscribe", "id": done["id"], "ref": "all"})  # from the start: the whole story
+        assert (await reply(ws))["type"] == "subscribed"
+        last = (await events_until(ws, done["id"]))[-1]["seq"]
+
+        for after, ref in ((last, "at"), (last + 100, "past")):
+            await send(ws, {"action": "subscribe", "id": done["id"], "after": after, "ref": ref})
+            ended = await reply(ws)
+            assert ended["type"] == "ended" and ended["ref"] == ref and ended["id"] == done["id"], ended
+            assert ended["job"]["status"] == "succeeded" and ended["job"]["result"] == ["hi"]
+
+        # Each of those holds no slot: far more of them than a connection may follow, then a live one.
+        for i in range(1100):
+            await send(ws, {"action": "subscribe", "id": done["id"], "after": last, "ref": i})
+        for i in range(1100):
+            assert (await reply(ws))["type"] == "ended", i
+        await send(ws, {"action": "subscribe", "id": running["id"], "ref": "live"})
+        assert (await reply(ws))["type"] == "subscribed"
+        assert_ends(await events_until(ws, running["id"]), "succeeded")
+
+
+async def test_invalid_input_is_answered_422_with_its_errors_as_over_http(serve):
+    server = serve()
+    async with open_ws(server) as ws, asyncio.timeout(20):
+        await send(ws, {"action": "echo", "times": "three", "ref": "bad"})
+        error = await reply(ws)
+    assert error["type"] == "error" and error["status"] == 422 and error["ref"] == "bad", error
+    locations = sorted(tuple(e["loc"]) for e in error["errors"])
+    assert locations == [("text",), ("times",)], error["errors"]
+    assert all(isinstance(e["msg"], str) and isinstance(e["type"], str) for e in error["errors"])
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        over_http = (await client.post("/jobs/echo", json={"times": "three"})).json()
+    assert error["errors"] == over_http["errors"]
+
+
+def test_a_plain_get_of_the_websocket_endpoint_is_426_upgrade_required(serve):
+    server = serve()
+    response = httpx.get(f"{server.url}/ws", timeout=10)
+    assert response.status_code == 426
+    assert response.headers["upgrade"] == "websocket"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 426
+
+
+def test_text_that_is_not_utf8_is_closed_with_1007_without_a_traceback(serve):
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        payload = b'{"action": "echo", "text": "\xff\xfe"}'
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)  # one masked text frame
+        frame = sock.recv(4096)
+    assert frame[0] == 0x88, frame  # a close frame
+    assert int.from_bytes(frame[2:4], "big") == 1007, frame
+    time.sleep(0.5)  # the log line is written as the connection closes
+    log = server.output()
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert "not UTF-8" in log

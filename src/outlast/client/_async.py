@@ -28,7 +28,8 @@ class AsyncClient:
     `mode` chooses how to wait: `"auto"` (Server-Sent Events, falling back to
     long-polling), `"sse"`, `"ws"`, `"long-poll"` or `"poll"`. A server that
     can't be reached is retried with backoff until the call's timeout, or for
-    `patience_s` seconds when there is none (`None`: for ever); see `Backoff`.
+    `patience_s` seconds when there is none (`None`: for ever), counted from
+    the first failure since it last answered.
     """
 
     def __init__(
@@ -132,9 +133,12 @@ class AsyncClient:
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
                     raise JobTimeout(_job_id_in(location), None, timeout)
-                # Each hop is held by the server; never longer than what is left of ours.
-                headers = {} if remaining is None else {"Prefer": f"wait={max(0.0, remaining):.3f}"}
-                response = await self._request("GET", location, deadline=deadline, headers=headers)
+                # Each hop is held by the server; never longer than what is left of ours. A hop
+                # reads `?wait` only: `Prefer: wait` is what redirect-following clients re-send.
+                hop = httpx.URL(location)
+                if remaining is not None:
+                    hop = hop.copy_merge_params({"wait": f"{max(0.0, remaining):.3f}"})
+                response = await self._request("GET", str(hop), deadline=deadline)
             elif response.status_code == 202 and "location" in response.headers:
                 handle = AsyncJobHandle(self, response.json())
                 await handle.wait(timeout=deadline.remaining())

@@ -179,6 +179,9 @@ class Follower:
                             message = json.loads(await ws.recv())
                             if message.get("type") == "error":
                                 raise ProblemError(message)
+                            if message.get("type") == "ended":  # it had ended by the time we subscribed
+                                await self.saw_job(message["job"])
+                                return self.job
                             if message.get("type") != "event":
                                 continue
                             self.retry.succeeded()

@@ -7,6 +7,7 @@ input the server refused), 3 canceled, 4 timed out.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -91,6 +92,20 @@ class Display:
         self.progress.update(self.task, **fields)
 
 
+def catch_ctrl_c() -> None:
+    """Make Ctrl-C raise `KeyboardInterrupt`, how the commands cancel or detach.
+
+    Python leaves SIGINT ignored when it starts with it ignored, as a command
+    started in the background (`cmd &`) by a script does.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def cancel_state(job: dict[str, Any]) -> str:
+    """What a cancel did: `canceled`, `cancellation requested` (it is still running), or the status it had ended in."""
+    return "cancellation requested" if job["status"] == "running" else str(job["status"])
+
+
 def follow(handle: JobHandle, url: str, *, timeout: float | None, mode: str, quiet: bool) -> NoReturn:
     """Wait for the job with a live display; print the result; exit with its code."""
     try:
@@ -128,10 +143,14 @@ def interrupted(handle: JobHandle, url: str) -> NoReturn:
             err=True,
         )
     if choice == "c":
-        job = handle.cancel()
-        click.echo(f"outlast: job {handle.id}: {job['status']}", err=True)
+        try:
+            job = handle.cancel()
+        except ClientError as exc:
+            click.echo(f"outlast: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        click.echo(f"outlast: job {handle.id}: {cancel_state(job)}", err=True)
         sys.exit(EXIT_CANCELED)
-    click.echo(json.dumps({"id": handle.id}))
+    click.echo(json.dumps({"id": handle.id, "status": handle.status}))
     click.echo(f"outlast: detached; follow it with: outlast watch {url} {handle.id}", err=True)
     sys.exit(EXIT_OK)
 
@@ -172,6 +191,7 @@ def run(
     1 failed, 2 usage, 3 canceled, 4 timed out. Ctrl-C asks whether to cancel
     the job or leave it running.
     """
+    catch_ctrl_c()
     data = parse_input(pairs, input_json)
     with Client(url, api_key=api_key) as client:
         try:
@@ -197,6 +217,7 @@ def run(
 @API_KEY
 def watch(url: str, job_id: str, mode: str, timeout: float | None, quiet: bool, api_key: str | None) -> None:
     """Follow job JOB_ID on the server at URL to its end, and print its result."""
+    catch_ctrl_c()
     with Client(url, api_key=api_key) as client:
         try:
             handle = client.get(job_id)
@@ -211,12 +232,20 @@ def watch(url: str, job_id: str, mode: str, timeout: float | None, quiet: bool, 
 @click.argument("job_id")
 @API_KEY
 def cancel(url: str, job_id: str, api_key: str | None) -> None:
-    """Cancel job JOB_ID on the server at URL."""
+    """Cancel job JOB_ID on the server at URL.
+
+    Prints `JOB_ID: canceled`, or `JOB_ID: cancellation requested` for a job
+    that is running (its worker stops it), or the status of a job that had
+    already ended, which is left as it is.
+    """
+    catch_ctrl_c()
     with Client(url, api_key=api_key) as client:
         try:
             job = client.get(job_id).cancel()
         except ProblemError as exc:
             _problem(exc)
             sys.exit(EXIT_USAGE)
-    state = "cancellation requested" if job["status"] == "running" else job["status"]
-    click.echo(f"{job_id}: {state}")
+        except ClientError as exc:
+            click.echo(f"outlast: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+    click.echo(f"{job_id}: {cancel_state(job)}")

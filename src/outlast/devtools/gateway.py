@@ -29,6 +29,11 @@ logger = logging.getLogger("outlast.gateway")
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host"}
 )
+# Not forwarded from the upstream's response: the gateway's server sends its own, once.
+OWN_HEADERS = frozenset({b"date", b"server"})
+# What uvicorn logs, as an ERROR, when an app ends a response without completing it: what
+# a cut at the deadline is meant to do. The gateway logs its own line for each cut instead.
+INCOMPLETE = "ASGI callable returned without completing response."
 TIMEOUT_BODY = json.dumps({"message": "Endpoint request timed out"}).encode()
 WS_IDLE_S = 600.0
 WS_MAX_S = 7200.0
@@ -91,8 +96,12 @@ class Gateway:
                     async for chunk in response.aiter_raw():
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except TimeoutError:
-                logger.info("%s %s: cut at the gateway's deadline", scope["method"], scope["path"])
-                raise  # the server closes the connection: the response ends incomplete
+                # What the gateway is for: one line, no traceback. Returning without the last
+                # body message makes the server close the connection: the response ends incomplete.
+                logger.warning(
+                    "%s %s: still streaming at the deadline (%g s): cut", scope["method"], scope["path"], self.timeout_s
+                )
+                return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
@@ -170,7 +179,12 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
 
 
 def _out(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+    return [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP and k.lower() not in OWN_HEADERS]
+
+
+class _QuietCuts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != INCOMPLETE
 
 
 def _loop_time(deadline: float) -> float:
@@ -189,4 +203,11 @@ def serve(
     import uvicorn
 
     app = Gateway(upstream, timeout_s=timeout_s, ws_idle_s=ws_idle_s, ws_max_s=ws_max_s)
-    uvicorn.run(app, host=host, port=port, lifespan="on", ws="websockets-sansio", **kw)
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", ws="websockets-sansio", **kw)
+    logging.getLogger("uvicorn.error").addFilter(_QuietCuts())  # after the config has set up logging
+    if not logger.handlers:  # the cuts and upstream failures, on stderr as uvicorn's lines are
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:  %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    uvicorn.Server(config).run()

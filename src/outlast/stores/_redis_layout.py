@@ -15,9 +15,9 @@ from typing import Any
 
 from outlast.jobs import Job, job_record
 
-# KEYS[1] delayed, KEYS[2] leases; ARGV: now, lease_until, queue key prefix, names...
-# Moves due retries back to their queues, then pops the first job of the first
-# non-empty queue and leases it.
+# KEYS[1] delayed, KEYS[2] leases; ARGV: now, lease_until, queue key prefix, job key prefix,
+# names... Moves due retries back to their queues, then pops the first job of the first
+# non-empty queue and leases it: its id and its record.
 CLAIM = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, member in ipairs(due) do
@@ -27,11 +27,11 @@ for _, member in ipairs(due) do
   redis.call('ZADD', ARGV[3] .. string.sub(member, 1, a - 1), string.sub(member, a + 1, b - 1),
              string.sub(member, b + 1))
 end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local popped = redis.call('ZPOPMIN', ARGV[3] .. ARGV[i])
   if popped[1] then
     redis.call('ZADD', KEYS[2], ARGV[2], popped[1])
-    return popped[1]
+    return {popped[1], redis.call('GET', ARGV[4] .. popped[1]) or ''}
   end
 end
 return false
@@ -49,16 +49,19 @@ return due
 """
 
 
-# KEYS[1] a job; ARGV[1] its record as read, ARGV[2] a JSON array of commands (strings).
-# Compare-and-set: runs the commands only if the job is still what was read.
+# KEYS[1] a job; ARGV[1] its record as last seen, ARGV[2] a JSON array of commands (strings).
+# Compare-and-set: runs the commands only if the job is still what was seen; else returns
+# the record as it is now ('' if the job is gone), so that the caller can apply its change
+# again without a read of its own.
 CAS = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then
+  return {0, current or ''}
 end
 for _, command in ipairs(cjson.decode(ARGV[2])) do
   redis.call(unpack(command))
 end
-return 1
+return {1}
 """
 
 
@@ -118,6 +121,32 @@ return 'started'
 """
 
 
+# KEYS[1] the job, KEYS[2] its events, KEYS[3] the jobs index, KEYS[4] the queue order counter,
+# KEYS[5] leases, KEYS[6] expiry. ARGV[1] its record (without qorder), ARGV[2] its id, ARGV[3] its
+# created_at, ARGV[4] its lease's end ('' unless running), ARGV[5] when it expires and ARGV[6] when
+# its keys go ('' unless ended), ARGV[7] the events channel, ARGV[8...] pairs of (event, message).
+# Writes a job that ran before it was stored, as it is, with its events: one round trip.
+# Returns the job's place in the queue order.
+PUT = """
+local qorder = redis.call('INCR', KEYS[4])
+redis.call('SET', KEYS[1], string.sub(ARGV[1], 1, -2) .. ',"qorder":' .. qorder .. '}')
+for i = 8, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  redis.call('PUBLISH', ARGV[7], ARGV[i + 1])
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
+end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[5], ARGV[2])
+  redis.call('EXPIREAT', KEYS[1], ARGV[6])
+  redis.call('EXPIREAT', KEYS[2], ARGV[6])
+end
+return qorder
+"""
+
+
 class Keys:
     """Every key and channel, in one place."""
 
@@ -126,6 +155,7 @@ class Keys:
         p = self.prefix
         self.counter = p + "qorder"
         self.queue_prefix = p + "queue:"
+        self.job_prefix = p + "job:"
         self.delayed = p + "delayed"
         self.leases = p + "leases"
         self.jobs = p + "jobs"
@@ -136,7 +166,7 @@ class Keys:
         self.cancel_channel = p + "cancel"
 
     def job(self, job_id: str) -> str:
-        return f"{self.prefix}job:{job_id}"
+        return f"{self.job_prefix}{job_id}"
 
     def events(self, job_id: str) -> str:
         return f"{self.prefix}events:{job_id}"

@@ -143,6 +143,23 @@ class StartsAtOnce(Protocol):
         ...
 
 
+@runtime_checkable
+class StoresRanJobs(JobStore, Protocol):
+    """A store that can take a job that ran before anything was stored.
+
+    Optional (the runner checks for it). A sync request that finds a free slot
+    runs its job at once and writes nothing until it must: the job is written
+    once, finished, if it ends within the request's wait, or running (leased by
+    the worker that runs it) before the client is told where to find it.
+    """
+
+    async def put(self, job: Job, events: Sequence[Event]) -> None:
+        """Write `job`, new to the store, as it is (running with its lease, or ended), with its
+        numbered `events`, in one atomic step; then publish them. It has no idempotency key
+        and no webhook: those take the queue."""
+        ...
+
+
 # -- helpers shared by the stores --------------------------------------------
 
 

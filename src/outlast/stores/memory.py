@@ -100,6 +100,12 @@ class MemoryStore:
         self._publish([self._status_event(live)])
         return copy.deepcopy(live), True
 
+    async def put(self, job: Job, events: Sequence[Event]) -> None:
+        self._jobs[job.id] = copy.deepcopy(job)
+        self._order[job.id] = next(self._counter)
+        self._events[job.id] = [dataclasses.replace(event, job=None) for event in events]
+        self._publish(events)
+
     def _snapshot(self, job: Job) -> Job:
         job.queue_position = self._position(job)
         return copy.deepcopy(job)

@@ -453,6 +453,18 @@ class PostgresStore:
         stored, created = await self._create(job, start)
         return stored, created
 
+    async def put(self, job: Job, events: Sequence[Event]) -> None:
+        change = _Change()
+        change.events = list(events)
+
+        async def put(conn: Conn) -> None:
+            if await conn.fetchval(INSERT_JOB, *new_job_args(job)) is None:
+                return  # a retry of a put whose commit got no answer, and had committed
+            await self._write(conn, job.id, change)
+
+        await self._tx(put, patient=True)  # a worker's outcome, as for `finish`
+        publish(self.hub, events)
+
     async def get(self, job_id: str) -> Job | None:
         async def get(conn: Conn) -> Job | None:
             row = await conn.fetchrow(SELECT_JOB, job_id)

@@ -19,6 +19,7 @@ starts with `outlast:{namespace}:` (see `Keys`). Redis Cluster is not supported.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -42,6 +43,7 @@ from outlast.stores._redis_layout import (
     CLAIM_DELIVERIES,
     CREATE_STARTED,
     GET_JOB,
+    PUT,
     Commands,
     Keys,
     dumps,
@@ -72,6 +74,7 @@ logger = logging.getLogger("outlast.store")
 
 DEFAULT_NAMESPACE = "default"
 TTL_GRACE_S = 3600  # keys outlive `expires_at` by this much, so purge finds them first
+SEEN_JOBS = 10_000  # records of live jobs kept to spare a read before a change (`_change`)
 STALE_POPS = 16  # stale queue entries one claim skips before it gives up for this poll
 SOCKET_TIMEOUT_S = 5.0
 HEALTH_CHECK_S = 15.0
@@ -84,6 +87,7 @@ class _Change:
         self.events: list[Event] = []
         self.ops: list[Callable[[Any], Any]] = []
         self.value: Any = None
+        self.qorder = 0.0  # the job's place in the order of its queue
 
 
 class RedisStore:
@@ -109,9 +113,13 @@ class RedisStore:
         self._cas = self._redis.register_script(CAS)
         self._get_job = self._redis.register_script(GET_JOB)
         self._create_started = self._redis.register_script(CREATE_STARTED)
+        self._put = self._redis.register_script(PUT)
         self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
         self._listener: asyncio.Task[None] | None = None
+        # The records of live jobs as this process last wrote or read them: a change of one is
+        # then one round trip (`_change`). Bounded; a stale one costs a retry, never a wrong write.
+        self._seen: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -141,35 +149,56 @@ class RedisStore:
 
     # -- one job, one transaction ----------------------------------------------------
 
-    async def _change(self, job_id: str, apply: Callable[[Job, _Change], bool]) -> tuple[Job | None, _Change]:
-        """Load the job, let `apply` change it (False: write nothing), write it all atomically.
+    async def _change(
+        self, job_id: str, apply: Callable[[Job, _Change], bool], seen: str | None = None
+    ) -> tuple[Job | None, _Change]:
+        """Let `apply` change the job (False: write nothing), and write it all atomically.
 
-        Two round trips: GET, then the compare-and-set script, which writes only
-        if the job is still what was read (else: read again and apply again).
+        One round trip when this process saw the job last (it wrote it, or read
+        it): the compare-and-set script writes only if the job is still as seen.
+        Otherwise the script answers with the job as it is, and `apply` runs again
+        on that: a read first only for a job this process has not seen.
         """
         key = self.keys.job(job_id)
+        raw = self._seen.pop(job_id, None) if seen is None else seen
+        if raw is None:
+            raw = await self._redis.get(key)
         while True:
             change = _Change()
-            raw = await self._redis.get(key)
-            if raw is None:
+            if not raw:
                 return None, change
             record = json.loads(raw)
+            change.qorder = float(record.get("qorder") or 0)
             job = job_from_record(record)
             if not apply(job, change):
+                self._remember(job, raw)
                 return job, change
             commands = Commands()
-            commands.set(key, job_document(job, record.get("qorder")))
+            document = job_document(job, record.get("qorder"))
+            commands.set(key, document)
             for event in change.events:
                 commands.rpush(self.keys.events(job_id), dumps([event.type, event.data]))
             for op in change.ops:
                 op(commands)
             self._publish_in(commands, change.events)
-            if await self._cas(keys=[key], args=[raw, dumps(commands.written)]):
-                if job.is_terminal and change.events and change.events[-1].type == "status":
-                    # Waiters here take the ended job from its event instead of reading it back.
-                    change.events[-1] = dataclasses.replace(change.events[-1], job=dataclasses.replace(job))
-                self._published(change.events)
-                return job, change
+            written, *now = await self._cas(keys=[key], args=[raw, dumps(commands.written)])
+            if not written:
+                raw = now[0]
+                continue
+            self._remember(job, document)
+            if job.is_terminal and change.events and change.events[-1].type == "status":
+                # Waiters here take the ended job from its event instead of reading it back.
+                change.events[-1] = dataclasses.replace(change.events[-1], job=dataclasses.replace(job))
+            self._published(change.events)
+            return job, change
+
+    def _remember(self, job: Job, raw: str) -> None:
+        """Keep the job's record as this process last saw it, while it is queued or running."""
+        if job.is_terminal:
+            return
+        self._seen[job.id] = raw
+        while len(self._seen) > SEEN_JOBS:
+            self._seen.popitem(last=False)
 
     def _append(self, job: Job, change: _Change, type: str, data: dict[str, Any]) -> None:
         event, deliveries = next_event(job, type, data)
@@ -259,7 +288,8 @@ class RedisStore:
                     job.queue_position = position
                     event = Event(job.id, 1, *job.status_event(), job=dataclasses.replace(job))
                     pipe.multi()
-                    pipe.set(keys.job(job.id), job_document(job, qorder))
+                    document = job_document(job, qorder)
+                    pipe.set(keys.job(job.id), document)
                     pipe.rpush(keys.events(job.id), dumps([event.type, event.data]))
                     pipe.zadd(keys.queue(job.name), {job.id: qorder})
                     pipe.zadd(keys.jobs, {job.id: job.created_at})
@@ -269,6 +299,7 @@ class RedisStore:
                     await pipe.execute()
                 except WatchError:
                     continue
+                self._remember(job, document)
                 self._published([event])
                 return job, True
 
@@ -299,6 +330,23 @@ class RedisStore:
             return await self.create(job)
         self._published(events)
         return started, True
+
+    async def put(self, job: Job, events: Sequence[Event]) -> None:
+        keys = self.keys
+        lease_until = "" if job.lease_until is None or job.status is not JobStatus.RUNNING else job.lease_until
+        expires: list[str | float] = ["", ""]
+        if job.is_terminal:
+            assert job.expires_at is not None
+            expires = [job.expires_at, int(job.expires_at + TTL_GRACE_S)]
+        record = dumps(job_record(job))
+        args: list[str | float] = [record, job.id, job.created_at, lease_until, *expires]
+        args.append(keys.events_channel)
+        for event in events:
+            args += [dumps([event.type, event.data]), self._message(event)]
+        job_keys = [keys.job(job.id), keys.events(job.id), keys.jobs, keys.counter, keys.leases, keys.expiry]
+        qorder = await self._put(keys=job_keys, args=args)
+        self._remember(job, f'{record[:-1]},"qorder":{qorder}}}')  # as the script wrote it
+        self._published(events)
 
     async def get(self, job_id: str) -> Job | None:
         found = await self._get_job(keys=[self.keys.job(job_id), self.keys.leases], args=[self.keys.queue_prefix])
@@ -393,11 +441,12 @@ class RedisStore:
         # purged since. It is dropped, and the next one is tried, so it never hides a due job.
         for _ in range(STALE_POPS):
             now = time.time()
-            args: list[str | float] = [now, now + lease_s, self.keys.queue_prefix, *ordered]
-            job_id = await self._claim(keys=[self.keys.delayed, self.keys.leases], args=args)
-            if not job_id:
+            args: list[str | float] = [now, now + lease_s, self.keys.queue_prefix, self.keys.job_prefix, *ordered]
+            popped = await self._claim(keys=[self.keys.delayed, self.keys.leases], args=args)
+            if not popped:
                 return None
-            job, change = await self._change(job_id, start)
+            job_id, raw = popped
+            job, change = await self._change(job_id, start, seen=raw)
             if job is not None and job.status is JobStatus.RUNNING and job.worker == worker and change.events:
                 return job
             await self._redis.zrem(self.keys.leases, job_id)
@@ -448,13 +497,11 @@ class RedisStore:
         return bool(change.value)
 
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
-        qorder = await self._qorder(job_id)
-
         def finish(job: Job, change: _Change) -> bool:
             if not holds_lease(job, token):
                 return False
             outcome.apply(job, time.time())
-            self._transitioned(job, qorder, change)
+            self._transitioned(job, change.qorder, change)
             change.value = True
             return True
 

@@ -231,6 +231,17 @@ class SQLiteStore:
         self._publish(events)
         return stored, bool(events)
 
+    async def put(self, job: Job, events: Sequence[Event]) -> None:
+        rows = [(event.job_id, event.seq, event.type, dumps(event.data), self._origin) for event in events]
+        row = new_job_row(job)
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO events (job_id, seq, type, data, origin) VALUES (?, ?, ?, ?, ?)", rows)
+            conn.execute(INSERT_JOB, row)
+
+        await self._writer.write(put)  # shares the commit of whatever else is being written
+        self._publish(events)
+
     async def get(self, job_id: str) -> Job | None:
         def get(conn: sqlite3.Connection) -> Job | None:
             job = self._load(conn, job_id)

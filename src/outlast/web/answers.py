@@ -20,6 +20,10 @@ from outlast.jobs import Job, JobStatus
 from outlast.web.links import job_json, job_url
 from outlast.web.problems import MEDIA_TYPE, Problem
 
+# The largest `hop` of a result chain. A hop there that is not answered with the outcome
+# gets a `202` pointing to the job, never a `303` to a hop that would be refused.
+MAX_HOP = 1_000_000
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Answer:

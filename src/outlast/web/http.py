@@ -23,7 +23,7 @@ from outlast.exceptions import ConfigError, ListingDisabled
 from outlast.jobs import Job, JobStatus
 from outlast.stores.base import MAX_LIST_LIMIT
 from outlast.web import streams
-from outlast.web.answers import accepted, see_other, terminal_result
+from outlast.web.answers import MAX_HOP, accepted, see_other, terminal_result
 from outlast.web.limits import ConnectionLimit
 from outlast.web.links import job_json
 from outlast.web.prefer import int_param, json_object, preferences
@@ -99,6 +99,7 @@ class Edge:
             Route("/jobs/{job_id}/events", e(self.events), methods=["GET"]),
             Route("/events", e(self.status_events), methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
+            Route("/ws", e(self.websocket_without_upgrade), methods=["GET", "HEAD"]),
             Route("/artifacts/{job_id}/{name}", e(self.artifact), methods=["GET"]),
             Route("/healthz", e(self.healthz), methods=["GET"]),
             Route("/metrics", e(self.metrics), methods=["GET"]),
@@ -169,13 +170,26 @@ class Edge:
         return JSONResponse(body)
 
     async def result(self, request: Request) -> Response:
+        """`GET /jobs/{id}/result` (docs/protocol.md, "Result").
+
+        A hop of the chain (a URL with `hop`) is held up to the hold whatever
+        `Prefer: wait` says: clients that follow redirects send the first
+        request's headers again on every hop, and `wait=0` there would run
+        through the whole chain in milliseconds. `?wait` still counts: it is
+        the URL's own.
+        """
         job = await self.load(request)
-        hop = int_param(request, "hop", 0, 0, 1_000_000)
+        hop = int_param(request, "hop", 0, 0, MAX_HOP)
         prefs = preferences(request)
         if not job.is_terminal and prefs.respond_async:
             return accepted(base_of(request), job, respond_async=True).starlette()
-        job = await hold(self.ot, job, math.inf if prefs.wait_s is None else prefs.wait_s)
+        wait_s = prefs.wait_s
+        if "hop" in request.query_params and "wait" not in request.query_params:
+            wait_s = None
+        job = await hold(self.ot, job, math.inf if wait_s is None else wait_s)
         if not job.is_terminal:
+            if hop >= MAX_HOP:  # no hop after this one: poll the job instead
+                return accepted(base_of(request), job).starlette()
             return see_other(base_of(request), job, hop + 1).starlette()
         return terminal_result(job).starlette()
 
@@ -215,6 +229,12 @@ class Edge:
         from outlast.web.ws import websocket_endpoint  # ws builds on this module's job_json
 
         await websocket_endpoint(self.ot, websocket)
+
+    async def websocket_without_upgrade(self, request: Request) -> Response:
+        """`GET /ws` as plain HTTP: it is a WebSocket endpoint, and says how to reach it."""
+        raise HTTPProblem(
+            426, "/ws is a WebSocket endpoint: open it with a WebSocket handshake", headers={"Upgrade": "websocket"}
+        )
 
     async def artifact(self, request: Request) -> Response:
         """A stored file, through its signed URL: 403 unless signed, unexpired and for this job."""

@@ -27,7 +27,7 @@ from outlast.admission import Caller
 from outlast.jobs import JobStatus
 from outlast.registry import JobDefinition
 from outlast.web.answers import Answer, accepted, see_other, terminal_result
-from outlast.web.http import client_address, hold
+from outlast.web.http import client_address
 from outlast.web.prefer import parse_prefer
 from outlast.web.problems import Problem, from_exception
 
@@ -122,9 +122,11 @@ async def serve_route(
     handler's return value.
     """
     prefs = parse_prefer(prefer)
-    job, _ = await ot.admission.admit(caller, definition.name, raw, route=True, idempotency_key=key)
     wait_s = prefs.wait_s if prefs.wait_s is not None else (0.0 if prefs.respond_async else math.inf)
-    job = await hold(ot, job, wait_s)
+    wait_s = min(wait_s, ot.settings.hold_s)
+    # Submitted with its wait (a job under a known key is waited for too): a fast route runs at
+    # once and is written once, ended (`Outlast.submit`).
+    job, _ = await ot.admission.admit(caller, definition.name, raw, route=True, idempotency_key=key, wait_s=wait_s)
     if not job.is_terminal:
         if prefs.respond_async:
             return accepted(base, job, respond_async=True)

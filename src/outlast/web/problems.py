@@ -63,6 +63,7 @@ TITLES = {
     415: "Unsupported media type",
     416: "Range not satisfiable",
     422: "Unprocessable content",
+    426: "Upgrade required",
     429: "Too many requests",
     431: "Request header fields too large",
     500: "Internal server error",

@@ -14,9 +14,8 @@ forever.
 - counts the bytes of the request target and refuses one over `max_url` bytes
   with `414 URI Too Long`;
 - closes a connection whose request head is not complete `head_timeout`
-  seconds after its first byte, answering `408 Request Timeout` if a head had
-  begun (and no response is under way); a connection that never sends a byte
-  gets uvicorn's keep-alive timeout.
+  seconds after its first byte (or after it connected), answering `408 Request
+  Timeout` if a head had begun (and no response is under way).
 
 Refusals are problem details (RFC 9457) written on the transport with
 `Connection: close`; the connection then reads and drops what the client still
@@ -29,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import logging
 from asyncio import TimerHandle
 from collections.abc import Sequence
 from typing import Any
@@ -88,8 +88,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # A connection that never sends a byte is idle: uvicorn's keep-alive timeout closes it.
-        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        # A connection that sends no complete head within head_timeout of connecting is closed.
+        # (Not uvicorn's keep-alive timeout, 5 s: a loaded server may read a new connection's
+        # first bytes later than that, and would close connections whose request is on its way.)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -235,3 +237,28 @@ def guarded_protocol(
         (GuardedHttpToolsProtocol,),
         {"max_head": max_head, "max_url": max_url, "head_timeout": head_timeout},
     )
+
+
+# -- WebSocket --------------------------------------------------------------------------------
+
+INVALID_UTF8 = "Invalid UTF-8 sequence received from client."
+
+
+class _InvalidUtf8(logging.Filter):
+    """uvicorn closes a WebSocket that sends text which is not UTF-8 with 1007, as RFC 6455 says,
+    and logs the client's mistake as an ERROR with a traceback. Any client can do it: one
+    warning line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == INVALID_UTF8:
+            record.msg = "a WebSocket client sent text that is not UTF-8: closed with 1007"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_invalid_utf8() -> None:
+    """Install the filter on uvicorn's error log (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _InvalidUtf8) for f in logger.filters):
+        logger.addFilter(_InvalidUtf8())

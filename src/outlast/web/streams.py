@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("outlast.http")
 
-HEARTBEAT_S = 15.0
+HEARTBEAT_S = 15.0  # the longest silence on a stream, whatever the hold
 RETRY_MS = 2000
 PAGE = 500
 OWNER_CACHE = 10_000
@@ -44,6 +44,15 @@ IDLE_CHECK_S = 1.0
 IDLE_CHECKS = 10_000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
+
+
+def heartbeat_for(hold_s: float) -> float:
+    """How long a stream stays silent before a ping: half the hold, at most `HEARTBEAT_S`.
+
+    A proxy whose timeout the hold respects (gateway_timeout >= hold) then never
+    sees a quiet stream go silent for as long as its timeout.
+    """
+    return min(HEARTBEAT_S, hold_s / 2)
 
 
 def is_terminal_event(event: Event) -> bool:
@@ -321,7 +330,8 @@ async def job_events(ot: Outlast, request: Request, job: Job) -> Response:
 
 async def _job_chunks(ot: Outlast, job_id: str, after: int, base: str) -> AsyncGenerator[bytes, None]:
     yield RETRY
-    async with contextlib.aclosing(follow(ot, job_id, after)) as events:
+    heartbeat_s = heartbeat_for(ot.settings.hold_s)
+    async with contextlib.aclosing(follow(ot, job_id, after, heartbeat_s=heartbeat_s)) as events:
         async for event in events:
             yield PING if event is None else sse_bytes(event, base)
 
@@ -333,6 +343,7 @@ async def status_events(ot: Outlast, request: Request, owner: str | None) -> Res
     """
     base = str(request.scope.get("root_path", ""))
     owners: dict[str, str | None] = {}
+    heartbeat_s = heartbeat_for(ot.settings.hold_s)
 
     async def visible(job_id: str) -> bool:
         if owner is None:
@@ -348,7 +359,7 @@ async def status_events(ot: Outlast, request: Request, owner: str | None) -> Res
         with ot.store.hub.listen_status() as listener:  # listening before the client hears anything
             yield RETRY
             while True:
-                if not await listener.wait(HEARTBEAT_S):
+                if not await listener.wait(heartbeat_s):
                     yield PING
                     continue
                 if ot.store.hub.closing.is_set():

@@ -131,7 +131,7 @@ class Connection:
             if not isinstance(exc, OutlastError) and store_unavailable(exc) is None:
                 raise
             problem = describe(exc)  # a store that is away too: 503, the client tries again later
-            await self.error(ref, problem.status, problem.title, problem.detail)
+            await self.error(ref, problem.status, problem.title, problem.detail, problem.errors)
 
     async def on_submit(self, message: dict[str, Any], ref: Any) -> None:
         name = message.get("name")
@@ -151,36 +151,48 @@ class Connection:
         self.subscribe(job.id, 0)
 
     async def on_subscribe(self, message: dict[str, Any], ref: Any) -> None:
-        job_id, after = message.get("id"), message.get("after") or 0
-        if not isinstance(job_id, str):
-            raise MessageError(400, "No job id", 'subscribe needs an "id"')
+        job_id, after = _job_id(message, "subscribe"), message.get("after") or 0
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
             raise MessageError(400, "Bad cursor", '"after" must be an event number, 0 or more')
-        await self.ot.get(job_id, owner=self.owner)  # 404 for an unknown job, or another key's
+        job = await self.ot.get(job_id, owner=self.owner)  # 404 for an unknown job, or another key's
+        if job.is_terminal and after >= job.last_seq:
+            # Nothing will ever come (as SSE's 204): say so, and keep no slot for it.
+            self.unsubscribe(job_id)
+            await self.send({"type": "ended", "ref": ref, "id": job_id, "job": job_json(_base(self.websocket), job)})
+            return
+        self.make_room(job_id)
+        # Before any event of the subscription: they are replayed from `after` whenever it starts.
+        await self.send({"type": "subscribed", "ref": ref, "id": job_id, "after": after})
         self.subscribe(job_id, after)
 
     async def on_unsubscribe(self, message: dict[str, Any], ref: Any) -> None:
-        task = self.subscriptions.pop(str(message.get("id")), None)
-        if task is not None:
-            task.cancel()
+        job_id = _job_id(message, "unsubscribe")
+        self.unsubscribe(job_id)
+        await self.send({"type": "unsubscribed", "ref": ref, "id": job_id})
 
     async def on_cancel(self, message: dict[str, Any], ref: Any) -> None:
-        job_id = message.get("id")
-        if not isinstance(job_id, str):
-            raise MessageError(400, "No job id", 'cancel needs an "id"')
+        job_id = _job_id(message, "cancel")
         await self.ot.get(job_id, owner=self.owner)
-        await self.ot.cancel(job_id)  # subscribers see the outcome as a status event
+        job = await self.ot.cancel(job_id)  # subscribers see the outcome as a status event
+        await self.send({"type": "cancel", "ref": ref, "job": job_json(_base(self.websocket), job)})
 
     # -- server -> client --------------------------------------------------------------
 
-    def subscribe(self, job_id: str, after: int) -> None:
-        previous = self.subscriptions.pop(job_id, None)
-        if previous is not None:
-            previous.cancel()
-        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+    def unsubscribe(self, job_id: str) -> None:
+        task = self.subscriptions.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+
+    def make_room(self, job_id: str) -> None:
+        """Room for a subscription to `job_id` (one to the same job is replaced), or a 429."""
+        if job_id not in self.subscriptions and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise MessageError(
                 429, "Too many subscriptions", f"one connection follows {MAX_SUBSCRIPTIONS} jobs at most"
             )
+
+    def subscribe(self, job_id: str, after: int) -> None:
+        self.make_room(job_id)
+        self.unsubscribe(job_id)
         task = asyncio.create_task(self._follow(job_id, after), name=f"outlast-ws-{job_id}")
         self.subscriptions[job_id] = task
         task.add_done_callback(lambda t: self._forget(job_id, t))
@@ -208,8 +220,13 @@ class Connection:
             logger.exception("following job %s for a WebSocket failed", job_id)
             self.close(1011)
 
-    async def error(self, ref: Any, status: int, title: str, detail: str) -> None:
-        await self.send({"type": "error", "ref": ref, "status": status, "title": title, "detail": detail})
+    async def error(
+        self, ref: Any, status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        message = {"type": "error", "ref": ref, "status": status, "title": title, "detail": detail}
+        if errors is not None:  # invalid input: each problem, as HTTP's 422 lists them
+            message["errors"] = errors
+        await self.send(message)
 
     async def send(self, message: dict[str, Any]) -> None:
         text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
@@ -237,6 +254,13 @@ def _parse(text: str) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _job_id(message: dict[str, Any], action: str) -> str:
+    job_id = message.get("id")
+    if not isinstance(job_id, str):
+        raise MessageError(400, "No job id", f'{action} needs an "id"')
+    return job_id
 
 
 def _route_input(message: dict[str, Any]) -> dict[str, Any]:
