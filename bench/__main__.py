@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench [--quick] [--sections http,notify,memory,requests,nodes,idle] [--no-peer]
 
-Needs what the tests need (`./scripts/setup`, Redis on 127.0.0.1:6379) and
+Needs what the tests need (`./scripts/setup`, Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432) and
 `wrk` (Debian: `apt-get install wrk`). The peer, Celery + Flower, is installed
 by the run itself into a virtualenv of its own (`.bench/celery-venv`) on first
 use. Every figure is measured in this run, next to its baseline (the plain
@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from bench import http_modes, notify, poll_cost, requests_per_job, throughput
+from bench import _postgres, http_modes, notify, poll_cost, requests_per_job, throughput
 from bench._servers import ROOT, machine, percentile
 from bench.report import write
 
@@ -61,7 +61,7 @@ def about(redis_url: str, peer: dict[str, str] | None) -> dict[str, Any]:
         redis_version = str(client.info("server")["redis_version"])
     finally:
         client.close()
-    packages = ("outlast", "starlette", "uvicorn", "httptools", "uvloop", "websockets", "redis", "pydantic")
+    packages = ("outlast", "starlette", "uvicorn", "httptools", "uvloop", "websockets", "redis", "asyncpg", "pydantic")
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout if shutil.which("wrk") else ""
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -73,6 +73,7 @@ def about(redis_url: str, peer: dict[str, str] | None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "sqlite": sqlite3.sqlite_version,
         "redis_server": redis_version,
+        "postgres_server": _postgres.server_version(_postgres.URL),
         "wrk": " ".join(wrk.split()[:2]),
         "packages": {name: _version(name) for name in packages},
         "peer": peer,
@@ -92,6 +93,7 @@ def _nodes(redis_url: str, jobs: int, clients: int) -> list[dict[str, Any]]:
                 "p99_ms": round(percentile(ms, 99), 1),
                 "not_200": sum(n for status, n in result.statuses.items() if status != 200),
                 "server_cpu_ms_per_job": round(result.server_cpu_s / jobs * 1000, 2),
+                # The store server's CPU: Redis's, or PostgreSQL's processes' (the key keeps its name).
                 "redis_cpu_ms_per_job": None
                 if result.redis_cpu_s is None
                 else round(result.redis_cpu_s / jobs * 1000, 2),
@@ -118,6 +120,7 @@ def main() -> None:
     out: Path = args.out or (ROOT / ".bench" if args.quick else ROOT / "docs")
     out.mkdir(parents=True, exist_ok=True)
     redis.Redis.from_url(args.redis, socket_connect_timeout=2).ping()  # fail now, not halfway
+    _postgres.ping(_postgres.URL)
     if "http" in sections and not shutil.which("wrk"):
         sys.exit("wrk is not installed (Debian: apt-get install wrk); it measures the one-request modes")
 
@@ -146,7 +149,7 @@ def main() -> None:
         if section == "http":
             figures["http"] = http_modes.measure(systems, seconds=2.0 if quick else 6.0, redis_url=args.redis)
         elif section == "notify":
-            figures["notify"] = notify.measure(clients=200 if quick else 1000, jobs=20 if quick else 100)
+            figures["notify"] = notify.measure(clients=200 if quick else 1000, jobs=20 if quick else 100, across=True)
         elif section == "memory":
             from bench import memory
 

@@ -8,6 +8,7 @@ HTTP and event loop implementations, the same for all):
 - `plain`: the floor, a Starlette endpoint doing the same (no) work (`bench/floor.py`);
 - `outlast-sqlite`: `outlast serve tests.apps:ot` on a fresh SQLite file, 8 embedded workers;
 - `outlast-redis`: the same on Redis (a fresh namespace);
+- `outlast-postgres`: the same on PostgreSQL (`OUTLAST_TEST_POSTGRES`, a fresh schema);
 - `celery`: Celery with Redis as broker and backend, behind Flower's HTTP API
   (`bench/peer_celery.py`, in a virtualenv of its own).
 
@@ -30,7 +31,7 @@ How a client gets one no-op job's result, in each mode:
 
 For every system and mode: latency at 1 client, then jobs/s and latency at
 `--clients` concurrent clients, each for `--seconds`, after a warm-up; the
-servers' CPU seconds per job (Redis included where it is part of the system)
+servers' CPU seconds per job (Redis or PostgreSQL included where it is part of the system)
 and the load generator's own CPU. The load generator is `bench/_load.py` (a
 minimal HTTP/1.1 client on asyncio) and `websockets` for WebSocket. Where one
 request is the whole job (plain, sync, Flower apply), `wrk` measures too.
@@ -58,6 +59,7 @@ from typing import Any
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench import _postgres
 from bench._load import TERMINAL, Conn, HTTPError, Load, drive
 from bench._servers import PYTHON, machine, percentile, server
 
@@ -68,11 +70,12 @@ WAIT = {"Prefer": "wait=5"}
 ASYNC = {"Prefer": "respond-async"}
 BODY = b"{}"
 
-SYSTEMS = ("plain", "outlast-sqlite", "outlast-redis", "celery")
+SYSTEMS = ("plain", "outlast-sqlite", "outlast-redis", "outlast-postgres", "celery")
 MODES = {
     "plain": ("plain",),
     "outlast-sqlite": ("sync", "202 + poll", "303 chain", "long-poll", "SSE", "WebSocket"),
     "outlast-redis": ("sync", "202 + poll", "303 chain", "long-poll", "SSE", "WebSocket"),
+    "outlast-postgres": ("sync", "202 + poll", "303 chain", "long-poll", "SSE", "WebSocket"),
     "celery": ("Flower apply", "Flower async-apply"),
 }
 WRK_MODES = {"plain", "sync", "Flower apply"}
@@ -116,6 +119,10 @@ def running(system: str, tmp: Path, redis_url: str) -> Iterator[Target]:
         elif system.startswith("outlast-"):
             if system == "outlast-sqlite":
                 store = f"sqlite:///{tmp / f'{secrets.token_hex(4)}.db'}"
+            elif system == "outlast-postgres":
+                schema = _postgres.new_schema()
+                store = _postgres.store_url(_postgres.URL, schema)
+                stack.callback(_postgres.drop_schema, _postgres.URL, schema)
             else:
                 namespace = f"bench-{secrets.token_hex(4)}"
                 store = f"{redis_url}{'&' if '?' in redis_url else '?'}namespace={namespace}"
@@ -124,6 +131,8 @@ def running(system: str, tmp: Path, redis_url: str) -> Iterator[Target]:
             srv = stack.enter_context(server(command, tmp / f"{system}.log"))
             if system == "outlast-redis":
                 yield Target(srv.url, lambda: srv.cpu_s() + _redis_cpu_s(redis_url))
+            elif system == "outlast-postgres":
+                yield Target(srv.url, lambda: srv.cpu_s() + _postgres.cpu_s())
             else:
                 yield Target(srv.url, srv.cpu_s)
         elif system == "celery":

@@ -6,6 +6,10 @@ Starts two servers (one process each, uvicorn, same WebSocket settings):
 `outlast serve bench._apps:app` on a fresh SQLite file, with as many embedded
 workers as jobs so that every job is running when it is released; and the floor,
 `uvicorn bench._apps:floor`, which serves the same paths with no store at all.
+With `--across`, a third setup, `outlast-postgres, 2 nodes`: two outlast nodes on
+PostgreSQL (`OUTLAST_TEST_POSTGRES`, a fresh schema): the jobs are submitted to,
+run on and released on the first; the clients wait on the second, which has no
+workers and learns of the ends by LISTEN/NOTIFY.
 
 For each transport (SSE, WebSocket, long-poll), each way the jobs end, and each
 server: submit `--jobs` jobs that wait until released, open `--clients` clients
@@ -40,6 +44,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
+from bench import _postgres
 from bench._servers import PYTHON, Server, machine, percentile, raise_nofile, server
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -51,6 +56,7 @@ OPENING = 100  # connections being opened at once (the listen backlog is finite)
 OPEN_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 30.0
 LONG_POLL_WAIT_S = 25  # the default hold: a client not answered in time asks again
+ACROSS = "outlast-postgres, 2 nodes"
 
 
 @dataclass
@@ -200,8 +206,12 @@ async def _submit(control: httpx.AsyncClient, base: str, keys: list[str]) -> lis
     raise RuntimeError(f"jobs not all running after {OPEN_TIMEOUT_S} s: {Counter(statuses)}")
 
 
-async def one_run(srv: Server, name: str, transport: str, mode: str, args: argparse.Namespace) -> Run:
+async def one_run(
+    srv: Server, name: str, transport: str, mode: str, args: argparse.Namespace, follow: Server | None = None
+) -> Run:
+    """One run; with `follow`, the clients wait on that node while the jobs run on `srv`."""
     run = Run(TRANSPORT_NAMES[transport], mode, name, args.clients)
+    watch = follow or srv
     keys = [f"{secrets.token_hex(4)}-{i}" for i in range(args.jobs)]
     # httpx's pool does work in proportion to its connections on every request and
     # release: with 1,000 in one pool the load generator, not the server, is what
@@ -216,25 +226,26 @@ async def one_run(srv: Server, name: str, transport: str, mode: str, args: argpa
         for pool in pools:
             await stack.enter_async_context(pool)
         ids = await _submit(control, srv.url, keys)
-        before = await _listeners(control, srv.url)
+        before = await _listeners(control, watch.url)
         opening = asyncio.Semaphore(OPENING)
         clients: dict[str, Callable[[int], Coroutine[Any, Any, Outcome]]] = {
-            "sse": lambda i: sse_client(pools[i // POOL], srv.url, ids[i % len(ids)], opening),
-            "ws": lambda i: ws_client(srv.ws_url, ids[i % len(ids)], opening),
-            "longpoll": lambda i: longpoll_client(pools[i // POOL], srv.url, ids[i % len(ids)]),
+            "sse": lambda i: sse_client(pools[i // POOL], watch.url, ids[i % len(ids)], opening),
+            "ws": lambda i: ws_client(watch.ws_url, ids[i % len(ids)], opening),
+            "longpoll": lambda i: longpoll_client(pools[i // POOL], watch.url, ids[i % len(ids)]),
         }
         started = time.perf_counter()
         tasks = [asyncio.create_task(clients[transport](i)) for i in range(args.clients)]
         deadline = time.monotonic() + OPEN_TIMEOUT_S
         while time.monotonic() < deadline:
-            run.registered = await _listeners(control, srv.url) - before
+            run.registered = await _listeners(control, watch.url) - before
             if run.registered >= args.clients or all(task.done() for task in tasks):
                 break
             await asyncio.sleep(0.1)
         run.open_s = time.perf_counter() - started
         await asyncio.sleep(0.5)  # let the last handshakes settle
 
-        cpu_client, cpu_server = time.process_time(), srv.cpu_s()
+        servers = [srv] if follow is None else [srv, follow]
+        cpu_client, cpu_server = time.process_time(), sum(s.cpu_s() for s in servers)
         started = time.perf_counter()
         if mode == "burst":
             await control.post(f"{srv.url}/bench/release", json={"keys": keys})
@@ -245,7 +256,7 @@ async def one_run(srv: Server, name: str, transport: str, mode: str, args: argpa
         done, pending = await asyncio.wait(tasks, timeout=DELIVERY_TIMEOUT_S)
         run.delivery_s = time.perf_counter() - started
         run.client_cpu_s = time.process_time() - cpu_client
-        run.server_cpu_s = srv.cpu_s() - cpu_server
+        run.server_cpu_s = sum(s.cpu_s() for s in servers) - cpu_server
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -283,12 +294,12 @@ def notes(run: Run) -> list[str]:
     return said
 
 
-async def bench(servers: dict[str, Server], args: argparse.Namespace) -> list[Run]:
+async def bench(servers: dict[str, tuple[Server, Server | None]], args: argparse.Namespace) -> list[Run]:
     runs = []
     for transport in args.transports.split(","):
         for mode in MODES:
-            for name, srv in servers.items():
-                run = await one_run(srv, name, transport, mode, args)
+            for name, (srv, follow) in servers.items():
+                run = await one_run(srv, name, transport, mode, args, follow)
                 runs.append(run)
                 lat = run.latencies_ms
                 p99 = f"p99 {percentile(lat, 99):.1f} ms" if lat else "nothing received"
@@ -304,12 +315,23 @@ def _run(args: argparse.Namespace) -> tuple[list[Run], dict[str, list[str]]]:
         floor_cmd = [PYTHON, "-m", "uvicorn", "bench._apps:floor", *ws]
         outlast_cmd = [PYTHON, "-m", "outlast", "serve", "bench._apps:app", "--store", store]
         outlast_cmd += ["--workers", str(args.jobs)]
-        with (
-            server(floor_cmd, Path(tmp, "floor.log")) as floor,
-            server(outlast_cmd, Path(tmp, "outlast.log")) as outlast,
-        ):
-            runs = asyncio.run(bench({"floor": floor, "outlast": outlast}, args))
-            problems = {name: srv.problems() for name, srv in (("floor", floor), ("outlast", outlast))}
+        with contextlib.ExitStack() as stack:
+            floor = stack.enter_context(server(floor_cmd, Path(tmp, "floor.log")))
+            outlast = stack.enter_context(server(outlast_cmd, Path(tmp, "outlast.log")))
+            servers: dict[str, tuple[Server, Server | None]] = {"floor": (floor, None), "outlast": (outlast, None)}
+            if getattr(args, "across", False):
+                schema = _postgres.new_schema()
+                stack.callback(_postgres.drop_schema, _postgres.URL, schema)
+                pg = [*outlast_cmd[:-3], _postgres.store_url(_postgres.URL, schema)]
+                running = stack.enter_context(server([*pg, "--workers", str(args.jobs)], Path(tmp, "pg-1.log")))
+                waiting = stack.enter_context(server([*pg, "--workers", "0"], Path(tmp, "pg-2.log")))
+                servers[ACROSS] = (running, waiting)
+            runs = asyncio.run(bench(servers, args))
+            problems = {
+                f"{name} {i + 1}": srv.problems()
+                for name, pair in servers.items()
+                for i, srv in enumerate(s for s in pair if s is not None)
+            }
     return runs, problems
 
 
@@ -323,10 +345,17 @@ def _notes(runs: list[Run], problems: dict[str, list[str]]) -> list[str]:
 
 
 def measure(
-    clients: int = 1000, jobs: int = 100, interval_ms: float = 20, transports: tuple[str, ...] = TRANSPORTS
+    clients: int = 1000,
+    jobs: int = 100,
+    interval_ms: float = 20,
+    transports: tuple[str, ...] = TRANSPORTS,
+    across: bool = False,
 ) -> dict[str, Any]:
-    """Every transport, both ways of ending, floor and outlast: JSON-able rows, and what went wrong."""
-    args = argparse.Namespace(clients=clients, jobs=jobs, interval_ms=interval_ms, transports=",".join(transports))
+    """Every transport, both ways of ending, floor and outlast (and, `across`, two PostgreSQL nodes):
+    JSON-able rows, and what went wrong."""
+    args = argparse.Namespace(
+        clients=clients, jobs=jobs, interval_ms=interval_ms, transports=",".join(transports), across=across
+    )
     runs, problems = _run(args)
     rows = []
     for run in runs:
@@ -355,6 +384,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--interval-ms", type=float, default=20)
     parser.add_argument("--transports", default=",".join(TRANSPORTS), help="comma-separated: sse,ws,longpoll")
+    parser.add_argument("--across", action="store_true", help="and clients on a second PostgreSQL node")
     args = parser.parse_args()
     runs, problems = _run(args)
     per_job = args.clients // args.jobs

@@ -46,7 +46,7 @@ def targets(fig: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     found: list[tuple[str, str, bool | None]] = []
     http = fig.get("http", [])
     plain = (_find(http, system="plain") or {}).get("wrk")
-    for system in ("outlast-sqlite", "outlast-redis"):
+    for system in ("outlast-sqlite", "outlast-redis", "outlast-postgres"):
         sync = (_find(http, system=system, mode="sync") or {}).get("wrk")
         store = system.removeprefix("outlast-")
         if plain and sync:
@@ -70,7 +70,7 @@ def targets(fig: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if peer:
         best_peer = max(peer, key=lambda r: r.get("wrk", r)["jobs_per_s"])
         peer_rate = best_peer.get("wrk", best_peer)["jobs_per_s"]
-        for system in ("outlast-sqlite", "outlast-redis"):
+        for system in ("outlast-sqlite", "outlast-redis", "outlast-postgres"):
             ours = [r for r in http if r["system"] == system]
             if not ours:
                 continue

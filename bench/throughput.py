@@ -1,4 +1,5 @@
-"""No-op jobs end to end over HTTP, in jobs per second: SQLite on one node against Redis on one and two nodes.
+"""No-op jobs end to end over HTTP, in jobs per second: SQLite on one node against Redis and PostgreSQL on one
+and two nodes.
 
     .venv/bin/python -m bench.throughput [--jobs 3000] [--concurrency 64] [--rounds 1]
         [--redis redis://127.0.0.1:6379/0] [--only redis]
@@ -12,10 +13,13 @@ job. One asyncio httpx load generator sends `--jobs` of them from
 - `redis, 1 node`: the same on Redis (a fresh namespace), with its 8 embedded workers
 - `redis, 2 nodes`: two such nodes (8 embedded workers each); client i talks to node i mod 2
 - `redis, 2 API + 1 worker`: two `--workers 0` nodes and one `outlast worker --workers 16`
+- `postgres, 1 node`, `postgres, 2 nodes`, `postgres, 2 API + 1 worker`: the same on PostgreSQL
+  (`OUTLAST_TEST_POSTGRES`, a fresh schema, dropped after)
 
 Prints a Markdown table: jobs per second (with `--rounds N`, the median round
 and the range), latency, answers other than 200, and CPU per job of the outlast
-processes, of Redis (from `INFO cpu`) and of the load generator itself. Every
+processes, of the store's server (Redis from `INFO cpu`; PostgreSQL: its processes, from /proc) and
+of the load generator itself. Every
 process shares the machine's cores.
 """
 
@@ -37,6 +41,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from bench import _postgres
 from bench._servers import PYTHON, Server, machine, percentile, server
 
 APP = "tests.apps:ot"
@@ -47,7 +52,7 @@ WORKERS = 8
 @dataclass
 class Setup:
     name: str
-    store: str  # "sqlite" or "redis"
+    store: str  # "sqlite", "redis" or "postgres"
     api_nodes: int
     api_workers: int
     worker_processes: int = 0  # `outlast worker --workers 2 * WORKERS` processes
@@ -58,6 +63,9 @@ SETUPS = [
     Setup("redis, 1 node", "redis", 1, WORKERS),
     Setup("redis, 2 nodes", "redis", 2, WORKERS),
     Setup("redis, 2 API + 1 worker", "redis", 2, 0, worker_processes=1),
+    Setup("postgres, 1 node", "postgres", 1, WORKERS),
+    Setup("postgres, 2 nodes", "postgres", 2, WORKERS),
+    Setup("postgres, 2 API + 1 worker", "postgres", 2, 0, worker_processes=1),
 ]
 
 
@@ -69,7 +77,7 @@ class Result:
     statuses: Counter[int]
     client_cpu_s: float
     server_cpu_s: float
-    redis_cpu_s: float | None
+    redis_cpu_s: float | None  # the store server's: Redis's, or PostgreSQL's processes'
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -120,8 +128,11 @@ async def load(urls: list[str], jobs: int, concurrency: int) -> tuple[list[float
 def running(setup: Setup, tmp: Path, redis_url: str) -> Iterator[list[Server]]:
     """The setup's processes until the block ends: the API nodes first, then the worker processes."""
     namespace = f"bench-{secrets.token_hex(4)}"
+    schema = _postgres.new_schema()
     if setup.store == "sqlite":
         store = f"sqlite:///{tmp / 'bench.db'}"
+    elif setup.store == "postgres":
+        store = _postgres.store_url(_postgres.URL, schema)
     else:
         store = f"{redis_url}{'&' if '?' in redis_url else '?'}namespace={namespace}"
     with ExitStack() as stack:
@@ -138,6 +149,8 @@ def running(setup: Setup, tmp: Path, redis_url: str) -> Iterator[list[Server]]:
             stack.close()
             if setup.store == "redis":
                 drop(redis_url, namespace)
+            if setup.store == "postgres":
+                _postgres.drop_schema(_postgres.URL, schema)
 
 
 def drop(redis_url: str, namespace: str) -> None:
@@ -154,6 +167,7 @@ def measure(setup: Setup, redis_url: str, jobs: int, concurrency: int) -> Result
         asyncio.run(load(urls, WARM_UP, concurrency))  # connections, imports, the worker's first claim
         watcher = redis.Redis.from_url(redis_url) if setup.store == "redis" else None
         redis_before = redis_cpu_s(watcher) if watcher else 0.0
+        postgres_before = _postgres.cpu_s() if setup.store == "postgres" else 0.0
         server_before = sum(p.cpu_s() for p in processes)
         client_before = own_cpu_s()
         started = time.perf_counter()
@@ -162,6 +176,8 @@ def measure(setup: Setup, redis_url: str, jobs: int, concurrency: int) -> Result
         client_cpu = own_cpu_s() - client_before
         server_cpu = sum(p.cpu_s() for p in processes) - server_before
         redis_cpu = redis_cpu_s(watcher) - redis_before if watcher else None
+        if setup.store == "postgres":
+            redis_cpu = _postgres.cpu_s() - postgres_before
         if watcher:
             watcher.close()
         problems = [f"{p.log.name}: {line}" for p in processes for line in p.problems()]
@@ -171,7 +187,7 @@ def measure(setup: Setup, redis_url: str, jobs: int, concurrency: int) -> Result
 def table(rounds: dict[str, list[Result]], jobs: int, concurrency: int) -> str:
     """One row per setup, from its median round by jobs/s; the range over all rounds beside it."""
     rows = [
-        "| setup | jobs/s | range | p50 (ms) | p99 (ms) | not 200 | outlast CPU/job (ms) | Redis CPU/job (ms) "
+        "| setup | jobs/s | range | p50 (ms) | p99 (ms) | not 200 | outlast CPU/job (ms) | store CPU/job (ms) "
         "| load generator CPU (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

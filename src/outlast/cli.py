@@ -407,3 +407,35 @@ def cancel_job(store: str, job_id: str) -> None:
         raise click.ClickException(f"no job has the id {job_id!r}")
     state = "cancellation requested" if job.status is JobStatus.RUNNING else job.status.value
     click.echo(f"{job.id}: {state}")
+
+
+# -- migrate ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--store",
+    envvar="OUTLAST_STORE",
+    required=True,
+    help="The store whose schema to create or upgrade, e.g. postgresql://app@db/app [env: OUTLAST_STORE].",
+)
+def migrate(store: str) -> None:
+    """Create or upgrade a store's schema now, before the nodes of a new release start."""
+    scheme = store.split(":", 1)[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        # SQLite files are upgraded by the first process that opens them; Redis and memory have no schema.
+        raise click.UsageError("outlast migrate is for PostgreSQL stores (postgresql://...)")
+
+    async def run() -> tuple[int, int]:
+        from outlast.stores.postgres import PostgresStore  # asyncpg is an optional extra
+
+        return await PostgresStore.from_url(store).migrate()
+
+    try:
+        before, after = asyncio.run(run())
+    except OutlastError as exc:
+        raise click.ClickException(exc.message) from exc
+    if before == after:
+        click.echo(f"the schema is up to date (version {after})")
+    else:
+        click.echo(f"the schema went from version {before} to {after}")

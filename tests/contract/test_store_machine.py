@@ -2,7 +2,7 @@
 crashes, finishes (with live and stale tokens), cancels, reclaims, purges and deletes,
 run against every store and checked after each step against a model of the lifecycle.
 
-Each example gets a store of its own (a fresh SQLite file, a fresh Redis namespace) and
+Each example gets a store of its own (a fresh SQLite file, Redis namespace or PostgreSQL schema) and
 one event loop that drives it from Hypothesis' synchronous state machine.
 
 Time: the stores read `time.time()`; here they read `CLOCK`, the real clock plus an
@@ -43,10 +43,11 @@ from outlast.exceptions import IdempotencyConflict, JobNotFinished
 from outlast.jobs import CANCELED, WORKER_LOST, ErrorInfo, Event, Job, JobStatus, Outcome, job_record
 from outlast.stores import JobStore, ListQuery, MemoryStore, SQLiteStore, open_store
 from outlast.stores import memory as memory_module
+from outlast.stores import postgres as postgres_module
 from outlast.stores import redis as redis_module
 from outlast.stores import sqlite as sqlite_module
 from outlast.stores.base import MAX_LIST_LIMIT, StoresRanJobs
-from tests.contract.conftest import REDIS_URL, STORES, drop_namespace, redis_or_skip
+from tests.contract.conftest import REDIS_URL, STORES, drop_namespace, drop_schema, redis_or_skip
 
 T = TypeVar("T")
 
@@ -147,16 +148,18 @@ Snapshot = tuple[dict[str, Any] | None, list[Event]]
 
 class StoreMachine(RuleBasedStateMachine):
     kind: ClassVar[str]
+    database: ClassVar[str] = ""  # PostgreSQL: the URL of this run's database
 
     def __init__(self) -> None:
         super().__init__()
         CLOCK.offset = 0.0
         self.patches = contextlib.ExitStack()
-        for module in (memory_module, sqlite_module, redis_module):
+        for module in (memory_module, sqlite_module, redis_module, postgres_module):
             self.patches.enter_context(mock.patch.object(module, "time", CLOCK))
         self.loop = asyncio.new_event_loop()
         self.tmp: str | None = None
         self.namespace: str | None = None
+        self.schema: str | None = None
         self.store: JobStore
         try:
             if self.kind == "memory":
@@ -164,6 +167,9 @@ class StoreMachine(RuleBasedStateMachine):
             elif self.kind == "sqlite":
                 self.tmp = tempfile.mkdtemp(prefix="outlast-machine-")
                 self.store = SQLiteStore(os.path.join(self.tmp, "jobs.db"))
+            elif self.kind == "postgres":
+                self.schema = "machine_" + secrets.token_hex(6)
+                self.store = open_store(f"{self.database}?schema={self.schema}")
             else:
                 self.namespace = "machine-" + secrets.token_hex(6)
                 self.store = open_store(f"{REDIS_URL}?namespace={self.namespace}")
@@ -187,6 +193,8 @@ class StoreMachine(RuleBasedStateMachine):
             self.run(self.store.close())
             if self.namespace is not None:
                 self.run(drop_namespace(self.namespace))
+            if self.schema is not None:
+                self.run(drop_schema(self.database, self.schema))
         finally:
             self.release()
 
@@ -600,13 +608,24 @@ class RedisMachine(StoreMachine):
     kind = "redis"
 
 
-MACHINES: dict[str, type[StoreMachine]] = {"memory": MemoryMachine, "sqlite": SQLiteMachine, "redis": RedisMachine}
+class PostgresMachine(StoreMachine):
+    kind = "postgres"
+
+
+MACHINES: dict[str, type[StoreMachine]] = {
+    "memory": MemoryMachine,
+    "sqlite": SQLiteMachine,
+    "redis": RedisMachine,
+    "postgres": PostgresMachine,
+}
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_store_state_machine(kind: str) -> None:
+def test_store_state_machine(kind: str, request: pytest.FixtureRequest) -> None:
     if kind == "redis":
         redis_or_skip()
+    if kind == "postgres":
+        PostgresMachine.database = request.getfixturevalue("postgres_database")
     run_state_machine_as_test(MACHINES[kind], settings=SETTINGS)
 
 

@@ -1,4 +1,5 @@
-"""Stores, chosen by URL: `sqlite:///outlast.db` (default), `memory://`, `redis://host:6379/0?namespace=NAME`."""
+"""Stores, chosen by URL: `sqlite:///outlast.db` (default), `memory://`, `redis://host:6379/0?namespace=NAME`,
+`postgresql://user@host:5432/db?schema=NAME`."""
 
 from __future__ import annotations
 
@@ -21,4 +22,10 @@ def open_store(url: str) -> JobStore:
         from outlast.stores.redis import RedisStore  # redis-py is an optional extra
 
         return RedisStore.from_url(url)
-    raise ConfigError(f"no store for {url!r}: use sqlite:///path.db, redis://host:6379/0 or memory://")
+    if scheme in ("postgresql", "postgres"):
+        from outlast.stores.postgres import PostgresStore  # asyncpg is an optional extra
+
+        return PostgresStore.from_url(url)
+    raise ConfigError(
+        f"no store for {url!r}: use sqlite:///path.db, redis://host:6379/0, postgresql://host/db or memory://"
+    )
