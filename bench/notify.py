@@ -144,6 +144,8 @@ async def ws_client(base: str, job_id: str, opening: asyncio.Semaphore) -> Outco
             async for raw in ws:
                 received = time.time()
                 message = json.loads(raw)
+                if message["type"] == "subscribed":  # the answer to the subscribe; its events follow
+                    continue
                 if message["type"] != "event":
                     outcome.error = f"{message['type']} {message.get('status')}"
                     return outcome

@@ -41,47 +41,71 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 # -- the targets -------------------------------------------------------------------------------
 
 
+# What each store must reach (the issues that set them: fast jobs, the PostgreSQL store).
+LATENCY_X = {"sqlite": 3.0, "redis": 3.0, "postgres": 3.0}  # sync p50 at 1 client, at most this x the plain endpoint's
+THROUGHPUT_X = {"sqlite": 0.3, "redis": 0.15}  # jobs/s at 64 clients, at least this x the plain endpoint's
+PEER_X = {"sqlite": 5.0, "redis": 5.0, "postgres": 3.0}  # jobs/s, at least this x Celery + Flower's
+WAITING_CPU_MS = {"sqlite": 0.8, "redis": 1.2}  # server CPU per job in the waiting modes, at most
+WAITING_MODES = ("202 + poll", "303 chain", "long-poll", "SSE", "WebSocket")
+STORES = ("sqlite", "redis", "postgres")
+
+
 def targets(fig: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(target, what was measured, holds) for each target; None where the run has no figure for it."""
     found: list[tuple[str, str, bool | None]] = []
     http = fig.get("http", [])
     plain = (_find(http, system="plain") or {}).get("wrk")
-    for system in ("outlast-sqlite", "outlast-redis", "outlast-postgres"):
-        sync = (_find(http, system=system, mode="sync") or {}).get("wrk")
-        store = system.removeprefix("outlast-")
-        if plain and sync:
-            ratio = sync["p50_ms_1"] / plain["p50_ms_1"]
-            found.append(
-                (
-                    f"sync no-op round trip at 1 client ≤ 2{X} the plain endpoint's ({store})",
-                    f"p50 {sync['p50_ms_1']:.3f} ms vs {plain['p50_ms_1']:.3f} ms: {ratio:.1f}{X}",
-                    ratio <= 2,
-                )
+    for store in STORES:
+        sync = (_find(http, system=f"outlast-{store}", mode="sync") or {}).get("wrk")
+        if not (plain and sync):
+            continue
+        ratio = sync["p50_ms_1"] / plain["p50_ms_1"]
+        limit = LATENCY_X[store]
+        found.append(
+            (
+                f"sync no-op round trip at 1 client ≤ {limit:g}{X} the plain endpoint's ({store})",
+                f"p50 {sync['p50_ms_1']:.3f} ms vs {plain['p50_ms_1']:.3f} ms: {ratio:.1f}{X}",
+                ratio <= limit,
             )
+        )
+        if store in THROUGHPUT_X:
             ratio = sync["jobs_per_s"] / plain["jobs_per_s"]
+            floor = THROUGHPUT_X[store]
             found.append(
                 (
-                    f"throughput at 64 clients ≥ 0.5{X} the plain endpoint's ({store})",
+                    f"throughput at 64 clients ≥ {floor:g}{X} the plain endpoint's ({store})",
                     f"{sync['jobs_per_s']:,.0f} vs {plain['jobs_per_s']:,.0f} jobs/s: {ratio:.2f}{X}",
-                    ratio >= 0.5,
+                    ratio >= floor,
                 )
             )
     peer = [r for r in http if r["system"] == "celery"]
     if peer:
         best_peer = max(peer, key=lambda r: r.get("wrk", r)["jobs_per_s"])
         peer_rate = best_peer.get("wrk", best_peer)["jobs_per_s"]
-        for system in ("outlast-sqlite", "outlast-redis", "outlast-postgres"):
-            ours = [r for r in http if r["system"] == system]
+        for store in STORES:
+            ours = [r for r in http if r["system"] == f"outlast-{store}"]
             if not ours:
                 continue
             best = max(ours, key=lambda r: r.get("wrk", r)["jobs_per_s"])
             rate = best.get("wrk", best)["jobs_per_s"]
             found.append(
                 (
-                    f"≥ 3{X} Celery + Flower's jobs/s over HTTP ({system.removeprefix('outlast-')})",
+                    f"≥ {PEER_X[store]:g}{X} Celery + Flower's jobs/s over HTTP ({store})",
                     f"{rate:,.0f} ({best['mode']}) vs {peer_rate:,.0f} ({best_peer['mode']}):"
                     f" {rate / peer_rate:.1f}{X}",
-                    rate / peer_rate >= 3,
+                    rate / peer_rate >= PEER_X[store],
+                )
+            )
+    for store, limit in WAITING_CPU_MS.items():
+        rows = [r for r in http if r["system"] == f"outlast-{store}" and r["mode"] in WAITING_MODES]
+        costs = [r["server_cpu_ms_per_job"] for r in rows if r.get("server_cpu_ms_per_job") is not None]
+        if costs:
+            worst = max(rows, key=lambda r: r.get("server_cpu_ms_per_job") or 0)
+            found.append(
+                (
+                    f"server CPU per job ≤ {limit:g} ms in every waiting mode ({store})",
+                    f"at most {max(costs):.2f} ms ({worst['mode']}), at least {min(costs):.2f} ms",
+                    max(costs) <= limit,
                 )
             )
     memory = fig.get("memory", [])
@@ -89,9 +113,9 @@ def targets(fig: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if sse:
         found.append(
             (
-                "10,000 SSE subscribers on one process: ≤ 30 KB each",
+                "10,000 SSE subscribers on one process: ≤ 25 KB each",
                 f"{sse['kb_per_conn']:.1f} KB each",
-                sse["kb_per_conn"] <= 30,
+                sse["kb_per_conn"] <= 25,
             )
         )
         if sse.get("received") is not None:
@@ -104,18 +128,22 @@ def targets(fig: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 )
             )
     notify_rows = fig.get("notify", {}).get("rows", [])
-    for name in ("SSE", "WebSocket"):
-        for row in notify_rows:
-            if row["transport"] == name and row["server"] == "outlast":
-                holds = row["p99_ms"] is not None and row["p99_ms"] <= 10 and row["received"] == row["clients"]
-                found.append(
-                    (
-                        f"notification p99 ≤ 10 ms with {row['clients']:,} waiting clients, {name}, jobs ending "
-                        f"{row['ending']}",
-                        f"p99 {_f(row['p99_ms'])} ms ({row['received']:,}/{row['clients']:,} received)",
-                        holds,
-                    )
-                )
+    for row in notify_rows:
+        # Outlast's own servers (the PostgreSQL pair too), SSE and WebSocket, jobs ending one by one.
+        if not row["server"].startswith("outlast") or row["transport"] not in ("SSE", "WebSocket"):
+            continue
+        if row["ending"] == "all at once":
+            continue
+        where = "" if row["server"] == "outlast" else f", {row['server']}"
+        holds = row["p99_ms"] is not None and row["p99_ms"] <= 10 and row["received"] == row["clients"]
+        found.append(
+            (
+                f"notification p99 ≤ 10 ms with {row['clients']:,} waiting clients, {row['transport']}, jobs ending "
+                f"{row['ending']}{where}",
+                f"p99 {_f(row['p99_ms'])} ms ({row['received']:,}/{row['clients']:,} received)",
+                holds,
+            )
+        )
     return found
 
 
