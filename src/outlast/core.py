@@ -27,7 +27,7 @@ from outlast.jobs import Job, JobStatus
 from outlast.metrics import Metrics
 from outlast.positions import PositionTracker
 from outlast.registry import JobDefinition
-from outlast.runner import Runner
+from outlast.runner import SLOT_WAIT_S, Runner
 from outlast.settings import Settings
 from outlast.stores import JobStore, ListQuery, Page, open_store
 from outlast.webhooks import Dispatcher, Resolver, parse_networks, resolve_allowed, secret_for, system_resolver
@@ -325,7 +325,8 @@ class Outlast:
         # Listening before the job exists: none of its events can be missed, so none need reading back.
         with self.store.hub.listen(job.id) as listener:
             if idempotency_key is None and webhook is None and self._runner is not None:
-                provisional = await self._runner.run_at_once(job)
+                slot_wait_s = min(SLOT_WAIT_S, deadline - time.monotonic())
+                provisional = await self._runner.run_at_once(job, slot_wait_s=slot_wait_s)
                 if provisional is not None:  # nothing is written unless it must be (`Provisional`)
                     self.metrics.submitted.labels(job.name).inc()
                     ended = await self._until_terminal(listener, dataclasses.replace(provisional.job), deadline)

@@ -39,6 +39,8 @@ TICK_S = 1.0
 PURGE_EVERY_S = 60.0
 DEFAULT_GRACE_S = 10.0
 JOB_THREAD_PREFIX = "outlast-job"
+# How long a sync request waits for a busy runner's slot before its job takes the queue.
+SLOT_WAIT_S = 0.1
 
 
 class Provisional:
@@ -163,6 +165,7 @@ class Runner:
         self._unsubscribe = store.hub.on_cancel(self._cancel_local)
         self._starter = store if isinstance(store, StartsAtOnce) else None
         self._ran_jobs = store if isinstance(store, StoresRanJobs) else None
+        self._slot_waiters = 0
         self._claims = Outage(logger, "claiming jobs")
         self._claim_backoff_s = 0.0
         self._maintenance = Outage(logger, "maintenance (heartbeats, reclaims, purges)")
@@ -270,17 +273,20 @@ class Runner:
             self._slots.release()
         return stored, created
 
-    async def run_at_once(self, job: Job) -> Provisional | None:
+    async def run_at_once(self, job: Job, *, slot_wait_s: float = 0.0) -> Provisional | None:
         """Run `job` here at once, writing nothing yet (see `Provisional`); None if this runner can't.
 
-        It can with a store that takes jobs that ran (`StoresRanJobs`), a free
-        slot, and a job it serves. A job queued meanwhile waits for the next free
-        slot, as it would have if this one had come a moment sooner.
+        It can with a store that takes jobs that ran (`StoresRanJobs`), a slot,
+        and a job it serves. With every slot busy, it waits up to `slot_wait_s`
+        for one, in line with the claim loop, and with at most `concurrency`
+        requests waiting so: short jobs then keep the fast path under load, and
+        long ones soon take the queue, where any worker node may run them.
         """
         store = self._ran_jobs
-        if store is None or self._stopping.is_set() or self._slots.locked() or job.name not in self.registry:
+        if store is None or self._stopping.is_set() or job.name not in self.registry:
             return None
-        await self._slots.acquire()  # free: returns at once
+        if not await self._take_slot(slot_wait_s):
+            return None
         job.start(self.worker, self.lease_s, time.time())
         job.last_seq = 1
         started = Event(job.id, 1, *job.status_event())
@@ -288,6 +294,25 @@ class Runner:
         provisional = Provisional(job, store, [started], self.lease_s)
         self._launch(job, provisional)
         return provisional
+
+    async def _take_slot(self, wait_s: float) -> bool:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            return True
+        if wait_s <= 0 or self._slot_waiters >= self.concurrency:
+            return False
+        self._slot_waiters += 1
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        finally:
+            self._slot_waiters -= 1
+        if self._stopping.is_set():
+            self._slots.release()
+            return False
+        return True
 
     def _launch(self, job: Job, target: JobStore | Provisional | None = None) -> None:
         """Run a job claimed for this worker; its slot is already taken."""
