@@ -55,12 +55,15 @@ UPDATE_RECORD = "UPDATE outlast_jobs SET record = $1 WHERE id = $2"
 
 # The events of one change, and a NOTIFY for each (sent by PostgreSQL when the transaction commits).
 # $5 the channel, $6 the start of each payload ("e <origin> <job id> "): the seq and the type follow.
+# The NOTIFY of each event carries its data too when it is small (a payload is at most 8,000
+# bytes): other nodes then need no read to relay it.
 INSERT_EVENTS = """WITH written AS (
     INSERT INTO outlast_events (job_id, seq, type, data)
     SELECT $1, e.seq, e.type, e.data FROM unnest($2::integer[], $3::text[], $4::text[]) AS e(seq, type, data)
-    RETURNING seq, type
+    RETURNING seq, type, data
 )
-SELECT count(pg_notify($5, $6 || seq || ' ' || type)) FROM written"""
+SELECT count(pg_notify($5, $6 || seq || ' ' || type
+    || CASE WHEN octet_length(data) <= 7000 THEN ' ' || data ELSE '' END)) FROM written"""
 
 INSERT_DELIVERIES = """INSERT INTO outlast_deliveries (id, job_id, record, state, next_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::double precision[])"""

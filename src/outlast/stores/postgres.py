@@ -7,11 +7,12 @@ its names with `FOR UPDATE SKIP LOCKED`, so claims never wait on each other
 nor share a job; the names go first in turn, so one busy queue starves none.
 
 Events reach other nodes by `LISTEN`/`NOTIFY`: each event's NOTIFY (sent when
-its transaction commits) carries its job id, seq and type, never its data (a
-payload is limited to 8 KB); a node reads the events it relays back from the
-table, in batches. If the listening connection drops, the node connects again,
-listens again, and gives every job someone listens to here its last stored
-event, so a stream that missed some reads the gap back from the store.
+its transaction commits) carries its job id, seq and type, and its data when
+that is small (a payload is limited to 8 KB); a node reads back from the table,
+in batches, only the events it relays whose data did not fit. If the listening
+connection drops, the node connects again, listens again, and gives every job
+someone listens to here its last stored event, so a stream that missed some
+reads the gap back from the store.
 
 Connection errors (a database restart, a killed backend) are retried a few
 times within a second or so, then raised as `StoreUnavailable`. The schema is
@@ -147,7 +148,7 @@ class PostgresStore:
         self._pool: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._relay: asyncio.Task[None] | None = None
-        self._pending: collections.deque[tuple[str, int, str]] = collections.deque()
+        self._pending: collections.deque[tuple[str, int, str, str | None]] = collections.deque()
         self._pending_event = asyncio.Event()
         self._rotation = 0
         self._errors = _connection_errors()
@@ -802,8 +803,8 @@ class PostgresStore:
         if kind == "c":
             self.hub.cancel_requested(rest)
             return
-        job_id, seq, type = rest.split(" ", 2)
-        self._pending.append((job_id, int(seq), type))
+        job_id, seq, type, *data = rest.split(" ", 3)
+        self._pending.append((job_id, int(seq), type, data[0] if data else None))
         self._pending_event.set()
 
     async def _listen(self, ready: asyncio.Event) -> None:
@@ -873,14 +874,14 @@ class PostgresStore:
             await self._pending_event.wait()
             self._pending_event.clear()
             while self._pending:
-                batch: list[tuple[str, int, str]] = []
+                batch: list[tuple[str, int, str, str | None]] = []
                 while self._pending and len(batch) < BATCH:
                     batch.append(self._pending.popleft())
-                wanted = [(j, s) for j, s, t in batch if t == "status" or self.hub.is_listened(j)]
+                wanted = [(j, s, t, d) for j, s, t, d in batch if t == "status" or self.hub.is_listened(j)]
                 if not wanted:
                     continue
                 try:
-                    events = await self._read_events(wanted)
+                    events = await self._relayed(wanted)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -889,6 +890,17 @@ class PostgresStore:
                     continue
                 outage.succeeded()
                 publish(self.hub, events)
+
+    async def _relayed(self, wanted: Sequence[tuple[str, int, str, str | None]]) -> list[Event]:
+        """The events notified, in their order: from their notification, or read back when it had no room."""
+        missing = [(job_id, seq) for job_id, seq, _, data in wanted if data is None]
+        read = {(e.job_id, e.seq): e for e in await self._read_events(missing)} if missing else {}
+        events = []
+        for job_id, seq, type, data in wanted:
+            event = Event(job_id, seq, type, json.loads(data)) if data is not None else read.get((job_id, seq))
+            if event is not None:  # gone meanwhile (purged): nothing to relay
+                events.append(event)
+        return events
 
     async def _read_events(self, wanted: Sequence[tuple[str, int]]) -> list[Event]:
         async def read(conn: Conn) -> list[Event]:
