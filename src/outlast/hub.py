@@ -147,6 +147,10 @@ class Hub:
     def is_listened(self, job_id: str) -> bool:
         return job_id in self._listeners
 
+    def listened_jobs(self) -> list[str]:
+        """The jobs someone here listens to (a store that lost touch with others tells them where things stand)."""
+        return list(self._listeners)
+
     @property
     def listener_count(self) -> int:
         return sum(len(s) for s in self._listeners.values()) + len(self._status_listeners)

@@ -47,9 +47,9 @@ async def wait_until(predicate, timeout: float = 10.0) -> None:
 
 def test_urls():
     store = PostgresStore.from_url("postgres://app:secret@db:6543/jobs?schema=myapp&pool_size=4&sslmode=disable")
-    assert (store.schema, store.pool_size) == ("myapp", 4)
-    assert store.dsn == "postgresql://app:secret@db:6543/jobs?sslmode=disable"
-    assert "secret" not in store.where
+    assert (store.db.schema, store.db.pool_size) == ("myapp", 4)
+    assert store.db.dsn == "postgresql://app:secret@db:6543/jobs?sslmode=disable"
+    assert "secret" not in store.db.where
     with pytest.raises(ConfigError):
         PostgresStore.from_url("postgresql://db/jobs?schema=bad;name")
     with pytest.raises(ConfigError):
@@ -204,11 +204,11 @@ async def test_an_unreachable_database_is_store_unavailable(postgres_database, s
     store = store_at(postgres_database, schema)
     await store.open()
     try:
-        store._pool.terminate()  # as if every connection broke and none could be made again
+        store.db._pool.terminate()  # as if every connection broke and none could be made again
         with pytest.raises(StoreUnavailable):
             await store.get("j_x")
     finally:
-        store._pool = None
+        store.db._pool = None
         await store.close()
     with pytest.raises(ConfigError, match="cannot reach"):
         await PostgresStore.from_url("postgresql://postgres@127.0.0.1:1/nowhere").open()

@@ -6,32 +6,21 @@ events and their webhook deliveries. A claim takes the next due job of one of
 its names with `FOR UPDATE SKIP LOCKED`, so claims never wait on each other
 nor share a job; the names go first in turn, so one busy queue starves none.
 
-Events reach other nodes by `LISTEN`/`NOTIFY`: each event's NOTIFY (sent when
-its transaction commits) carries its job id, seq and type, and its data when
-that is small (a payload is limited to 8 KB); a node reads back from the table,
-in batches, only the events it relays whose data did not fit. If the listening
-connection drops, the node connects again, listens again, and gives every job
-someone listens to here its last stored event, so a stream that missed some
-reads the gap back from the store.
-
+Events reach other nodes by `LISTEN`/`NOTIFY` (`outlast.stores._postgres_relay`).
 Connection errors (a database restart, a killed backend) are retried a few
-times within a second or so, then raised as `StoreUnavailable`. The schema is
-created and upgraded by the store (`outlast.stores._postgres_schema`).
+times within a second or so, then raised as `StoreUnavailable`
+(`outlast.stores._postgres_conn`, which also creates and upgrades the schema
+that `outlast.stores._postgres_schema` describes).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import dataclasses
-import itertools
 import json
 import logging
-import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -39,28 +28,23 @@ from outlast.deliveries import Delivery
 from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished, StoreUnavailable
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, lose_worker
-from outlast.outages import Outage
+from outlast.stores._postgres_conn import POOL_SIZE, Conn, Database
+from outlast.stores._postgres_relay import Relay
 from outlast.stores._postgres_schema import (
     ANY_DUE,
     CLAIM,
     INSERT_DELIVERIES,
     INSERT_EVENTS,
     INSERT_JOB,
-    MIGRATIONS,
     POSITION,
-    READ_VERSION,
     SELECT_JOB,
     UPDATE_DELIVERIES,
     UPDATE_JOB,
     UPDATE_RECORD,
-    VERSION,
-    VERSION_TABLE,
     channel,
-    check_version,
     dumps,
     job_args,
     job_from_row,
-    lock_key,
     new_job_args,
     record_args,
 )
@@ -75,45 +59,11 @@ from outlast.stores.base import (
     publish,
 )
 
-try:
-    import asyncpg
-except ImportError:  # pragma: no cover - the extra is not installed
-    asyncpg = None
-
 logger = logging.getLogger("outlast.store")
 
 T = TypeVar("T")
-Conn = Any  # asyncpg.Connection (asyncpg ships no type hints)
 
-POOL_SIZE = 10
-CONNECT_TIMEOUT_S = 5.0
-COMMAND_TIMEOUT_S = 60.0
-RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0)  # between tries of a transaction that lost its connection
-PATIENT_S = 30.0  # how long a worker's progress and outcome are retried through an outage
-BATCH = 500  # jobs a purge or a reclaim takes per transaction; events a relay reads per query
-LISTENER_PING_S = 10.0  # how often the listening connection is checked when no notification comes
-_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    """What means "the connection or the server went away": a retry on a fresh connection may work."""
-    if asyncpg is None:  # pragma: no cover
-        return (OSError,)
-    return (
-        OSError,  # refused, reset (ConnectionError), timed out
-        asyncio.TimeoutError,
-        asyncpg.exceptions.ConnectionDoesNotExistError,
-        asyncpg.exceptions.InterfaceError,  # e.g. the connection was closed under a query
-        asyncpg.exceptions.InternalClientError,  # a backend killed while its connection was idle in the pool
-        asyncpg.exceptions.PostgresConnectionError,  # class 08
-        asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, terminated backend, starting up
-        asyncpg.exceptions.SerializationError,  # 40001
-        asyncpg.exceptions.DeadlockDetectedError,  # 40P01
-    )
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"the store cannot be reached: {type(exc).__name__}: {exc}")
+BATCH = 500  # jobs a purge or a reclaim takes per transaction
 
 
 def _job_for_event(event: Event, job: Job) -> Event:
@@ -133,26 +83,12 @@ class _Change:
 
 class PostgresStore:
     def __init__(self, dsn: str, *, schema: str | None = None, pool_size: int = POOL_SIZE) -> None:
-        if asyncpg is None:
-            raise ConfigError("the PostgreSQL store needs asyncpg: pip install 'outlast[postgres]'")
-        if schema is not None and (not _SCHEMA_NAME.fullmatch(schema) or schema.lower().startswith("pg_")):
-            raise ConfigError(
-                f"a PostgreSQL schema is letters, digits and '_' (no digit first, no 'pg_' prefix), not {schema!r}"
-            )
+        self.db = Database(dsn, schema=schema, pool_size=pool_size)
         self.hub = Hub()
-        self.dsn = dsn
-        self.schema = schema
-        self.pool_size = pool_size
         self.channel = ""
         self._origin = secrets.token_hex(8)
-        self._pool: Any = None
-        self._listener: asyncio.Task[None] | None = None
-        self._relay: asyncio.Task[None] | None = None
-        self._pending: collections.deque[tuple[str, int, str, str | None]] = collections.deque()
-        self._pending_event = asyncio.Event()
+        self._relay: Relay | None = None
         self._rotation = 0
-        self._errors = _connection_errors()
-        self._fatal: tuple[type[BaseException], ...] = (asyncio.CancelledError, *self._errors)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -170,165 +106,26 @@ class PostgresStore:
             raise ConfigError("pool_size must be at least 1")
         return cls(dsn, schema=ours.get("schema") or None, pool_size=pool_size)
 
-    @property
-    def where(self) -> str:
-        """The database and schema, for messages (never the password)."""
-        parts = urlsplit(self.dsn)
-        host = parts.hostname or "localhost"
-        return f"PostgreSQL {host}:{parts.port or 5432}{parts.path} schema {self.schema or '(current)'}"
-
     # -- opening, migrating, closing ----------------------------------------------------
-
-    def _server_settings(self) -> dict[str, str]:
-        return {"search_path": f'"{self.schema}"'} if self.schema else {}
-
-    async def _connect(self) -> Conn:
-        return await asyncpg.connect(
-            self.dsn, timeout=CONNECT_TIMEOUT_S, server_settings=self._server_settings() or None
-        )
 
     async def migrate(self) -> tuple[int, int]:
         """Create or upgrade the schema (without opening the store); the versions before and after."""
-        try:
-            conn = await self._connect()
-        except (*self._errors, asyncpg.PostgresError) as exc:
-            raise ConfigError(f"cannot reach {self.where}: {exc}") from exc
-        try:
-            return await self._migrate(conn)
-        finally:
-            await conn.close()
-
-    async def _migrate(self, conn: Conn) -> tuple[int, int]:
-        """Bring the schema up to `VERSION`, in one transaction, under an advisory lock.
-
-        A schema already up to date costs one read and no lock. Otherwise the
-        first node to take the lock migrates; the others wait for it, then read
-        the version again and find nothing to do.
-        """
-        if self.schema is not None:
-            exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema)
-        else:
-            exists = await conn.fetchval("SELECT current_schema()") is not None
-        if exists:
-            has_table = await conn.fetchval("SELECT to_regclass('outlast_schema_version')") is not None
-            if has_table:
-                found = check_version(await conn.fetchval(READ_VERSION), self.where)
-                if found == VERSION:
-                    return found, found
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(self.schema or ""))
-            if self.schema is not None:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            await conn.execute(VERSION_TABLE)
-            before = check_version(await conn.fetchval(READ_VERSION), self.where)
-            for step in range(before, VERSION):
-                for statement in MIGRATIONS[step]:
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO outlast_schema_version (version) VALUES ($1)", step + 1)
-        if before < VERSION:
-            logger.info("%s: outlast schema upgraded from version %d to %d", self.where, before, VERSION)
-        return before, VERSION
+        return await self.db.migrate()
 
     async def open(self) -> None:
-        await self.migrate()
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=0,  # no floor: asyncpg logs a traceback each time it fails to restore one in an outage
-                max_size=self.pool_size,
-                timeout=CONNECT_TIMEOUT_S,
-                command_timeout=COMMAND_TIMEOUT_S,
-                server_settings=self._server_settings() or None,
-            )
-            schema = self.schema or await self._pool.fetchval("SELECT current_schema()")
-        except (*self._errors, asyncpg.PostgresError) as exc:
+        await self.db.migrate()
+        schema = await self.db.open()
+        self._relay = Relay(self.db, self.hub, self._origin, channel(schema))
+        self.channel = self._relay.channel
+        if not await self._relay.start():
             await self.close()
-            raise ConfigError(f"cannot reach {self.where}: {exc}") from exc
-        self.channel = channel(schema)
-        ready = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(ready), name="outlast-postgres-listener")
-        self._relay = asyncio.create_task(self._relay_events(), name="outlast-postgres-relay")
-        try:
-            await asyncio.wait_for(ready.wait(), 10)
-        except TimeoutError:
-            await self.close()
-            raise ConfigError(f"cannot LISTEN on {self.where}") from None
+            raise ConfigError(f"cannot LISTEN on {self.db.where}")
 
     async def close(self) -> None:
-        for task in (self._listener, self._relay):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._listener = self._relay = None
-        if self._pool is not None:
-            errors: tuple[type[BaseException], ...] = (TimeoutError, *self._errors)
-            try:
-                await asyncio.wait_for(self._pool.close(), 5)
-            except errors:
-                self._pool.terminate()
-            self._pool = None
-
-    # -- transactions ----------------------------------------------------------------------
-
-    async def _retrying(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool, patient: bool = False) -> T:
-        """Run `fn` on a pooled connection (in a transaction if asked); a lost connection is retried.
-
-        A few times within two seconds, or (`patient`) for up to `PATIENT_S`:
-        a worker's outcome is worth waiting for through a database restart, and
-        fencing makes a late write safe (refused if the job was taken over).
-        `fn` must be safe to run again: a transaction whose COMMIT got no answer
-        may have committed, and each write here checks what it finds first.
-        """
-        delays: Iterable[float | None] = (*RETRY_DELAYS_S, None)
-        if patient:
-            delays = itertools.chain(RETRY_DELAYS_S, itertools.repeat(1.0, int(PATIENT_S)), [None])
-        for delay in delays:
-            try:
-                return await self._once(fn, transaction=transaction)
-            except self._errors as exc:
-                if delay is None:
-                    raise _unavailable(exc) from exc
-                await asyncio.sleep(delay)
-            except AttributeError:
-                if self._pool is None:
-                    raise StoreUnavailable("the store is closed") from None
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _once(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool) -> T:
-        """`fn` on a pooled connection, once.
-
-        A connection that failed, or whose query was cancelled (the hold ran
-        out: the server may hang), is closed at once, never rolled back nor
-        reset politely: either would wait on that server again.
-        """
-        conn = await self._pool.acquire()
-        try:
-            if not transaction:
-                return await fn(conn)
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                result = await fn(conn)
-            except self._fatal:
-                raise
-            except BaseException:
-                await tx.rollback()  # an error of the query (a conflict, a constraint): the connection is fine
-                raise
-            await tx.commit()
-            return result
-        except self._fatal:
-            conn.terminate()  # never back into the pool: the next try gets a new connection
-            raise
-        finally:
-            await self._pool.release(conn)
-
-    def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, patient: bool = False) -> Awaitable[T]:
-        return self._retrying(fn, transaction=True, patient=patient)
-
-    def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> Awaitable[T]:
-        return self._retrying(fn, transaction=False)
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
+        await self.db.close()
 
     # -- helpers that run inside a transaction -----------------------------------------
 
@@ -436,7 +233,7 @@ class PostgresStore:
                     return inserted
             raise StoreUnavailable("the job's id or key was taken, then gone")
 
-        stored, created, events = await self._tx(create)
+        stored, created, events = await self.db.tx(create)
         publish(self.hub, events)
         return stored, created
 
@@ -463,7 +260,7 @@ class PostgresStore:
                 return  # a retry of a put whose commit got no answer, and had committed
             await self._write(conn, job.id, change)
 
-        await self._tx(put, patient=True)  # a worker's outcome, as for `finish`
+        await self.db.tx(put, patient=True)  # a worker's outcome, as for `finish`
         publish(self.hub, events)
 
     async def get(self, job_id: str) -> Job | None:
@@ -471,7 +268,7 @@ class PostgresStore:
             row = await conn.fetchrow(SELECT_JOB, job_id)
             return None if row is None else job_from_row(row)
 
-        return await self._read(get)
+        return await self.db.read(get)
 
     async def list_jobs(self, query: ListQuery) -> Page:
         clauses: list[str] = []
@@ -498,7 +295,7 @@ class PostgresStore:
         async def read(conn: Conn) -> list[Job]:
             return [job_from_row(row) for row in await conn.fetch(sql, *params)]
 
-        return page_of(await self._read(read), query.limit)
+        return page_of(await self.db.read(read), query.limit)
 
     async def delete(self, job_id: str) -> bool:
         async def delete(conn: Conn) -> bool:
@@ -510,7 +307,7 @@ class PostgresStore:
             await self._forget(conn, [job_id])
             return True
 
-        return await self._tx(delete)
+        return await self.db.tx(delete)
 
     @staticmethod
     async def _forget(conn: Conn, job_ids: Sequence[str]) -> None:
@@ -525,7 +322,7 @@ class PostgresStore:
                 await conn.fetchval("SELECT count(*) FROM outlast_jobs WHERE status = 'queued' AND name = $1", name)
             )
 
-        return await self._read(count)
+        return await self.db.read(count)
 
     async def queue_positions(self, name: str, job_ids: Collection[str]) -> dict[str, int]:
         ids = list(job_ids)
@@ -539,7 +336,7 @@ class PostgresStore:
         async def read(conn: Conn) -> dict[str, int]:
             return {row["id"]: int(row["position"]) for row in await conn.fetch(sql, name, ids)}
 
-        return await self._read(read)
+        return await self.db.read(read)
 
     async def claim(self, worker: str, names: Collection[str], lease_s: float) -> Job | None:
         if not names:
@@ -552,7 +349,7 @@ class PostgresStore:
         async def any_due(conn: Conn) -> bool:
             return await conn.fetchval(ANY_DUE, ordered, time.time()) is not None
 
-        if not await self._read(any_due):
+        if not await self.db.read(any_due):
             return None  # a cheap read first: idle workers open no transaction
 
         async def claim(conn: Conn) -> tuple[Job, list[Event]] | None:
@@ -567,7 +364,7 @@ class PostgresStore:
             await self._save(conn, job, change)
             return job, change.events
 
-        claimed = await self._tx(claim)
+        claimed = await self.db.tx(claim)
         if claimed is None:
             return None
         publish(self.hub, claimed[1])
@@ -592,7 +389,7 @@ class PostgresStore:
             cancel = frozenset(row["id"] for row in rows if row["cancel_requested"])
             return HeartbeatResult(cancel, frozenset(set(ids) - held))
 
-        return await self._read(heartbeat)  # one statement: atomic on its own
+        return await self.db.read(heartbeat)  # one statement: atomic on its own
 
     async def cancel_requests(self, job_ids: Collection[str]) -> frozenset[str]:
         ids = list(job_ids)
@@ -603,7 +400,7 @@ class PostgresStore:
             rows = await conn.fetch("SELECT id FROM outlast_jobs WHERE cancel_requested AND id = ANY($1::text[])", ids)
             return frozenset(row["id"] for row in rows)
 
-        return await self._read(read)
+        return await self.db.read(read)
 
     async def record(
         self, job_id: str, token: int, events: Sequence[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
@@ -621,7 +418,7 @@ class PostgresStore:
             await self._write(conn, job_id, change)
             return change.events
 
-        written = await self._tx(record, patient=True)
+        written = await self.db.tx(record, patient=True)
         if written is None:
             return False
         publish(self.hub, written)
@@ -638,7 +435,7 @@ class PostgresStore:
             await self._save(conn, job, change)
             return job, change.events
 
-        finished = await self._tx(finish, patient=True)
+        finished = await self.db.tx(finish, patient=True)
         if finished is None:
             return None
         publish(self.hub, finished[1])
@@ -654,7 +451,7 @@ class PostgresStore:
             )
             return [Event(job_id, row["seq"], row["type"], json.loads(row["data"])) for row in rows]
 
-        return await self._read(read)
+        return await self.db.read(read)
 
     async def request_cancel(self, job_id: str) -> Job | None:
         async def cancel(conn: Conn) -> tuple[Job | None, list[Event], bool]:
@@ -674,7 +471,7 @@ class PostgresStore:
                 return job, [], True
             return job, [], False
 
-        job, events, flagged = await self._tx(cancel)
+        job, events, flagged = await self.db.tx(cancel)
         publish(self.hub, events)
         if flagged:
             self.hub.cancel_requested(job_id)
@@ -701,7 +498,7 @@ class PostgresStore:
 
         jobs: list[Job] = []
         while True:
-            batch = await self._tx(reclaim)
+            batch = await self.db.tx(reclaim)
             for job, events in batch:
                 publish(self.hub, events)
                 jobs.append(job)
@@ -723,7 +520,7 @@ class PostgresStore:
 
         purged: list[str] = []
         while True:  # in batches: one transaction never holds many rows, nor runs long
-            ids = await self._tx(purge)
+            ids = await self.db.tx(purge)
             purged += ids
             if len(ids) < BATCH:
                 return purged
@@ -737,7 +534,7 @@ class PostgresStore:
             )
             return found is not None
 
-        if not await self._read(any_due):
+        if not await self.db.read(any_due):
             return []  # a cheap read first: idle processes open no transaction
 
         async def claim(conn: Conn) -> list[Delivery]:
@@ -754,7 +551,7 @@ class PostgresStore:
             await self._put_deliveries(conn, claimed)
             return claimed
 
-        return await self._tx(claim)
+        return await self.db.tx(claim)
 
     @staticmethod
     async def _put_deliveries(conn: Conn, deliveries: Sequence[Delivery]) -> None:
@@ -771,14 +568,14 @@ class PostgresStore:
         async def save(conn: Conn) -> None:
             await self._put_deliveries(conn, [delivery])
 
-        await self._read(save)
+        await self.db.read(save)
 
     async def deliveries(self, job_id: str) -> list[Delivery]:
         async def read(conn: Conn) -> list[Delivery]:
             rows = await conn.fetch("SELECT record FROM outlast_deliveries WHERE job_id = $1 ORDER BY n", job_id)
             return [Delivery.from_record(json.loads(row["record"])) for row in rows]
 
-        return await self._read(read)
+        return await self.db.read(read)
 
     async def setting(self, name: str, value: str) -> str:
         async def put(conn: Conn) -> str:
@@ -791,126 +588,4 @@ class PostgresStore:
             )
             return str(stored)
 
-        return await self._read(put)
-
-    # -- events and cancellations from other nodes ---------------------------------------
-
-    def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        """A NOTIFY: an event of another node (read back by the relay), or a cancellation."""
-        kind, origin, rest = payload.split(" ", 2)
-        if origin == self._origin:
-            return  # ours: published when written
-        if kind == "c":
-            self.hub.cancel_requested(rest)
-            return
-        job_id, seq, type, *data = rest.split(" ", 3)
-        self._pending.append((job_id, int(seq), type, data[0] if data else None))
-        self._pending_event.set()
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        """Keep one connection LISTENing; after a reconnect, catch up on what was missed meanwhile."""
-        outage = Outage(logger, "the PostgreSQL LISTEN connection (events of other nodes)")
-        first = True
-        while True:
-            conn = None
-            lost = asyncio.Event()
-            try:
-                conn = await self._connect()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(self.channel, self._notified)
-                if not first:
-                    await self._catch_up()
-                first = False
-                ready.set()
-                outage.succeeded()
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), LISTENER_PING_S)
-                        break
-                    # Quiet for a while: make sure the connection is still there (a dead peer sends no FIN).
-                    await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT_S)
-                raise StoreUnavailable("the LISTEN connection was closed")
-            except asyncio.CancelledError:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-                raise
-            except Exception as exc:
-                if conn is not None:
-                    conn.terminate()
-                await asyncio.sleep(outage.failed(exc if isinstance(exc, StoreUnavailable) else _unavailable(exc)))
-
-    async def _catch_up(self) -> None:
-        """After the LISTEN connection came back: what it may have missed.
-
-        Every job someone listens to here gets its last stored event: a stream
-        whose cursor is behind it reads the gap back from the store, a waiter
-        reads the job again; an event it already had is ignored. Idle runners
-        look for work.
-        """
-        # The hub has no public list of the jobs it has listeners for.
-        job_ids = list(self.hub._listeners)
-        if job_ids:
-
-            async def read(conn: Conn) -> list[Event]:
-                rows = await conn.fetch(
-                    "SELECT DISTINCT ON (job_id) job_id, seq, type, data FROM outlast_events"
-                    " WHERE job_id = ANY($1::text[]) ORDER BY job_id, seq DESC",
-                    job_ids,
-                )
-                return [Event(row["job_id"], row["seq"], row["type"], json.loads(row["data"])) for row in rows]
-
-            publish(self.hub, await self._read(read))
-        self.hub.work_available()
-
-    async def _relay_events(self) -> None:
-        """Read back the events other nodes notified, in batches, and publish them here in order.
-
-        Status events are relayed always (runners, queue positions and
-        dashboards follow them); other events only for jobs someone here listens to.
-        """
-        outage = Outage(logger, "relaying the events of other nodes")
-        while True:
-            await self._pending_event.wait()
-            self._pending_event.clear()
-            while self._pending:
-                batch: list[tuple[str, int, str, str | None]] = []
-                while self._pending and len(batch) < BATCH:
-                    batch.append(self._pending.popleft())
-                wanted = [(j, s, t, d) for j, s, t, d in batch if t == "status" or self.hub.is_listened(j)]
-                if not wanted:
-                    continue
-                try:
-                    events = await self._relayed(wanted)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._pending.extendleft(reversed(batch))  # not lost: tried again
-                    await asyncio.sleep(outage.failed(exc))
-                    continue
-                outage.succeeded()
-                publish(self.hub, events)
-
-    async def _relayed(self, wanted: Sequence[tuple[str, int, str, str | None]]) -> list[Event]:
-        """The events notified, in their order: from their notification, or read back when it had no room."""
-        missing = [(job_id, seq) for job_id, seq, _, data in wanted if data is None]
-        read = {(e.job_id, e.seq): e for e in await self._read_events(missing)} if missing else {}
-        events = []
-        for job_id, seq, type, data in wanted:
-            event = Event(job_id, seq, type, json.loads(data)) if data is not None else read.get((job_id, seq))
-            if event is not None:  # gone meanwhile (purged): nothing to relay
-                events.append(event)
-        return events
-
-    async def _read_events(self, wanted: Sequence[tuple[str, int]]) -> list[Event]:
-        async def read(conn: Conn) -> list[Event]:
-            rows = await conn.fetch(
-                "SELECT e.job_id, e.seq, e.type, e.data"
-                " FROM unnest($1::text[], $2::integer[]) WITH ORDINALITY AS w(job_id, seq, n)"
-                " JOIN outlast_events e ON e.job_id = w.job_id AND e.seq = w.seq ORDER BY w.n",
-                [j for j, _ in wanted],
-                [s for _, s in wanted],
-            )
-            return [Event(row["job_id"], row["seq"], row["type"], json.loads(row["data"])) for row in rows]
-
-        return await self._read(read)
+        return await self.db.read(put)

@@ -10,8 +10,9 @@ rotating order, so no queue starves the others) and leases it in the same
 step; a crash between that pop and the transition to `running` leaves a lease
 that expires, and the job goes back to its queue.
 
-Events reach other nodes by pub/sub; a node that missed some (a reconnect)
-reads them back from the list, since every reader keeps a cursor. Finished
+Events reach other nodes by pub/sub (`outlast.stores._redis_relay`); a node that
+missed some (a reconnect) reads them back from the list, since every reader
+keeps a cursor. Finished
 jobs expire by TTL too, so nothing is left behind if no node purges. Every key
 starts with `outlast:{namespace}:` (see `Keys`). Redis Cluster is not supported.
 """
@@ -20,23 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import functools
 import itertools
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from outlast.deliveries import PENDING, Delivery
-from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished, StoreUnavailable
+from outlast.exceptions import ConfigError, IdempotencyConflict, JobNotFinished
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome, job_from_record, job_record, lose_worker
-from outlast.outages import Outage
 from outlast.stores._redis_layout import (
     CAS,
     CLAIM,
@@ -49,6 +47,7 @@ from outlast.stores._redis_layout import (
     dumps,
     job_document,
 )
+from outlast.stores._redis_relay import Relay
 from outlast.stores.base import (
     HeartbeatResult,
     ListQuery,
@@ -57,7 +56,6 @@ from outlast.stores.base import (
     holds_lease,
     next_event,
     page_of,
-    publish,
 )
 
 try:
@@ -97,7 +95,6 @@ class RedisStore:
         self.hub = Hub()
         self.url = url
         self.keys = Keys(namespace)
-        self._origin = secrets.token_hex(8)
         # Any: redis-py types each reply as a union that ignores decode_responses.
         self._redis: Any = aioredis.Redis.from_url(
             url,
@@ -116,7 +113,7 @@ class RedisStore:
         self._put = self._redis.register_script(PUT)
         self._claim_deliveries = self._redis.register_script(CLAIM_DELIVERIES)
         self._rotation = itertools.count()
-        self._listener: asyncio.Task[None] | None = None
+        self._events = Relay(self._redis, self.keys, self.hub)
         # The records of live jobs as this process last wrote or read them: a change of one is
         # then one round trip (`_change`). Bounded; a stale one costs a retry, never a wrong write.
         self._seen: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -136,15 +133,10 @@ class RedisStore:
             await self._redis.ping()
         except RedisError as exc:
             raise ConfigError(f"cannot reach Redis at {self.url}: {exc}") from exc
-        ready = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(ready), name="outlast-redis-listener")
-        await asyncio.wait_for(ready.wait(), 10)
+        await self._events.start()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await self._events.stop()
         await self._redis.aclose()
 
     # -- one job, one transaction ----------------------------------------------------
@@ -180,7 +172,7 @@ class RedisStore:
                 commands.rpush(self.keys.events(job_id), dumps([event.type, event.data]))
             for op in change.ops:
                 op(commands)
-            self._publish_in(commands, change.events)
+            self._events.publish_in(commands, change.events)
             written, *now = await self._cas(keys=[key], args=[raw, dumps(commands.written)])
             if not written:
                 raw = now[0]
@@ -189,7 +181,7 @@ class RedisStore:
             if job.is_terminal and change.events and change.events[-1].type == "status":
                 # Waiters here take the ended job from its event instead of reading it back.
                 change.events[-1] = dataclasses.replace(change.events[-1], job=dataclasses.replace(job))
-            self._published(change.events)
+            self._events.published(change.events)
             return job, change
 
     def _remember(self, job: Job, raw: str) -> None:
@@ -243,22 +235,6 @@ class RedisStore:
         else:
             change.ops.append(lambda pipe: pipe.zadd(keys.queue(job.name), {job.id: qorder}))
 
-    def _message(self, event: Event) -> str:
-        """An event as published to the other processes."""
-        return dumps({"o": self._origin, "j": event.job_id, "s": event.seq, "t": event.type, "d": event.data})
-
-    def _publish_in(self, pipe: Any, events: Sequence[Event]) -> None:
-        """PUBLISH the events to the other processes inside the transaction that writes them.
-
-        Subscribers get them once the transaction has run, and it costs no round trip of its own.
-        """
-        for event in events:
-            pipe.publish(self.keys.events_channel, self._message(event))
-
-    def _published(self, events: Sequence[Event]) -> None:
-        """After the transaction: the same events to this process's own listeners."""
-        publish(self.hub, events)
-
     async def _qorder(self, job_id: str) -> float:
         raw = await self._redis.get(self.keys.job(job_id))
         return float(json.loads(raw).get("qorder") or 0) if raw else 0.0
@@ -295,12 +271,12 @@ class RedisStore:
                     pipe.zadd(keys.jobs, {job.id: job.created_at})
                     if idem is not None:
                         pipe.set(idem, job.id)
-                    self._publish_in(pipe, [event])
+                    self._events.publish_in(pipe, [event])
                     await pipe.execute()
                 except WatchError:
                     continue
                 self._remember(job, document)
-                self._published([event])
+                self._events.published([event])
                 return job, True
 
     async def create_started(self, job: Job, worker: str, names: Collection[str], lease_s: float) -> tuple[Job, bool]:
@@ -321,14 +297,14 @@ class RedisStore:
         args: list[str | float] = [now, keys.queue_prefix, dumps(list(names)), job.id, job.created_at]
         args += [started.lease_until, dumps(job_record(started)), keys.events_channel, dumps(commands.written)]
         for event in events:
-            args += [dumps([event.type, event.data]), self._message(event)]
+            args += [dumps([event.type, event.data]), self._events.message(event)]
         outcome = await self._create_started(
             keys=[idem, keys.delayed, keys.job(job.id), keys.events(job.id), keys.leases, keys.jobs, keys.counter],
             args=args,
         )
         if outcome != "started":  # a retry of a known key, or a due job first: as `create` does
             return await self.create(job)
-        self._published(events)
+        self._events.published(events)
         return started, True
 
     async def put(self, job: Job, events: Sequence[Event]) -> None:
@@ -342,11 +318,11 @@ class RedisStore:
         args: list[str | float] = [record, job.id, job.created_at, lease_until, *expires]
         args.append(keys.events_channel)
         for event in events:
-            args += [dumps([event.type, event.data]), self._message(event)]
+            args += [dumps([event.type, event.data]), self._events.message(event)]
         job_keys = [keys.job(job.id), keys.events(job.id), keys.jobs, keys.counter, keys.leases, keys.expiry]
         qorder = await self._put(keys=job_keys, args=args)
         self._remember(job, f'{record[:-1]},"qorder":{qorder}}}')  # as the script wrote it
-        self._published(events)
+        self._events.published(events)
 
     async def get(self, job_id: str) -> Job | None:
         found = await self._get_job(keys=[self.keys.job(job_id), self.keys.leases], args=[self.keys.queue_prefix])
@@ -602,31 +578,3 @@ class RedisStore:
     async def setting(self, name: str, value: str) -> str:
         await self._redis.hsetnx(self.keys.settings, name, value)
         return str(await self._redis.hget(self.keys.settings, name))
-
-    # -- events and cancellations from other nodes ---------------------------------------
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        outage = Outage(logger, "the Redis subscription (events of other nodes)")
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.keys.events_channel, self.keys.cancel_channel)
-                    ready.set()
-                    outage.succeeded()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._relay(message["channel"], message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await asyncio.sleep(outage.failed(exc))
-                continue
-            await asyncio.sleep(outage.failed(StoreUnavailable("the subscription ended")))
-
-    def _relay(self, channel: str, data: str) -> None:
-        if channel == self.keys.cancel_channel:
-            self.hub.cancel_requested(data)
-            return
-        message = json.loads(data)
-        if message["o"] != self._origin:
-            self.hub.publish(Event(message["j"], message["s"], message["t"], message["d"]))
