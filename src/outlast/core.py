@@ -20,7 +20,6 @@ from outlast.exceptions import (
     QueueFull,
     StoreUnavailable,
     UnknownJobName,
-    store_unavailable,
 )
 from outlast.hub import Listener
 from outlast.jobs import Job, JobStatus
@@ -30,6 +29,7 @@ from outlast.registry import JobDefinition
 from outlast.runner import SLOT_WAIT_S, Runner
 from outlast.settings import Settings
 from outlast.stores import JobStore, ListQuery, Page, open_store
+from outlast.stores.base import store_unavailable
 from outlast.webhooks import Dispatcher, Resolver, parse_networks, resolve_allowed, secret_for, system_resolver
 
 if TYPE_CHECKING:

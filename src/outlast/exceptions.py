@@ -25,8 +25,6 @@ alike, in one place (`outlast.web.problems`).
 
 from __future__ import annotations
 
-import sqlite3
-import sys
 import warnings
 from typing import Any
 
@@ -100,34 +98,6 @@ class StoreUnavailable(OutlastError):
     def __init__(self, message: str | None = None, retry_after_s: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-def store_unavailable(exc: BaseException) -> StoreUnavailable | None:
-    """A store's own error that means "unreachable now", as a `StoreUnavailable`; None for any other error.
-
-    Redis that does not answer or is loading (redis-py's `ConnectionError`,
-    `TimeoutError`), SQLite that stays locked by another writer, PostgreSQL that
-    restarts or ended the connection (asyncpg's connection errors; the store
-    itself retries them, then raises `StoreUnavailable`).
-    """
-    if isinstance(exc, StoreUnavailable):
-        return exc
-    if isinstance(exc, sqlite3.OperationalError) and any(word in str(exc) for word in ("locked", "busy")):
-        return StoreUnavailable(f"the store is busy: {exc}")
-    redis_errors = sys.modules.get("redis.exceptions")  # loaded by the Redis store: never imported here
-    if redis_errors is not None and isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
-        return StoreUnavailable(f"the store cannot be reached: {exc}")
-    pg_errors = sys.modules.get("asyncpg.exceptions")  # loaded by the PostgreSQL store: never imported here
-    if pg_errors is not None and isinstance(
-        exc,
-        (
-            pg_errors.ConnectionDoesNotExistError,  # the connection was lost (a restart, a killed backend)
-            pg_errors.PostgresConnectionError,  # class 08: cannot connect, connection failure
-            pg_errors.OperatorInterventionError,  # class 57: shutting down, starting up, backend terminated
-        ),
-    ):
-        return StoreUnavailable(f"the store cannot be reached: {exc}")
-    return None
 
 
 class Unauthorized(OutlastError):

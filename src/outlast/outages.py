@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from outlast.exceptions import store_unavailable
+from outlast.stores.base import store_unavailable
 
 
 class Outage:

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from outlast.exceptions import ConfigError, StoreUnavailable, store_unavailable
+from outlast.exceptions import ConfigError, StoreUnavailable
 from outlast.jobs import Event, Job, JobStatus, Outcome
 from outlast.stores import open_store
 from outlast.stores._postgres_schema import VERSION
+from outlast.stores.base import store_unavailable
 from outlast.stores.postgres import PostgresStore
 from tests.contract.conftest import drop_schema
 

@@ -21,8 +21,10 @@ import redis.exceptions
 from starlette.requests import Request
 
 from outlast import Outlast
-from outlast.exceptions import StoreUnavailable, store_unavailable
+from outlast.exceptions import StoreUnavailable
 from outlast.stores import JobStore
+from outlast.stores import redis as _redis_store  # noqa: F401 (its errors count as the store being away)
+from outlast.stores.base import store_unavailable
 
 HOLD_S = 1.0  # gateway_timeout 2, margin 1
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from outlast.exceptions import ConfigError, StoreUnavailable
 from outlast.stores._postgres_schema import MIGRATIONS, READ_VERSION, VERSION, VERSION_TABLE, check_version, lock_key
+from outlast.stores.base import unavailable_when
 
 try:
     import asyncpg
@@ -53,6 +54,21 @@ def connection_errors() -> tuple[type[BaseException], ...]:
         asyncpg.exceptions.SerializationError,  # 40001
         asyncpg.exceptions.DeadlockDetectedError,  # 40P01
     )
+
+
+def _away(exc: BaseException) -> bool:
+    """What the store raises itself without a retry: the connection or the server went away."""
+    return asyncpg is not None and isinstance(
+        exc,
+        (
+            asyncpg.exceptions.ConnectionDoesNotExistError,  # the connection was lost (a restart, a killed backend)
+            asyncpg.exceptions.PostgresConnectionError,  # class 08: cannot connect, connection failure
+            asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, starting up, backend terminated
+        ),
+    )
+
+
+unavailable_when(_away)
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:

@@ -13,11 +13,11 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from outlast.deliveries import Delivery, deliveries_for
-from outlast.exceptions import InvalidRequest
+from outlast.exceptions import InvalidRequest, StoreUnavailable
 from outlast.hub import Hub
 from outlast.jobs import Event, Job, JobStatus, Outcome
 
@@ -158,6 +158,28 @@ class StoresRanJobs(JobStore, Protocol):
         numbered `events`, in one atomic step; then publish them. It has no idempotency key
         and no webhook: those take the queue."""
         ...
+
+
+# -- a store that is away ----------------------------------------------------
+
+# How each store's driver says "unreachable now" (Redis down or loading, SQLite locked by
+# another writer, PostgreSQL restarting): each store module adds its test when it is imported,
+# so that the core and the edge know no driver.
+_UNAVAILABLE: list[Callable[[BaseException], bool]] = []
+
+
+def unavailable_when(test: Callable[[BaseException], bool]) -> None:
+    """Count the errors `test` accepts as the store being away for now (`store_unavailable`)."""
+    _UNAVAILABLE.append(test)
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """A store's own error that means "unreachable now", as a `StoreUnavailable`; None for any other error."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if any(test(exc) for test in _UNAVAILABLE):
+        return StoreUnavailable(f"the store cannot be reached now: {exc}")
+    return None
 
 
 # -- helpers shared by the stores --------------------------------------------

@@ -56,6 +56,7 @@ from outlast.stores.base import (
     holds_lease,
     next_event,
     page_of,
+    unavailable_when,
 )
 
 try:
@@ -65,6 +66,9 @@ try:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, WatchError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    # Redis that does not answer, or is loading its data: away for now.
+    unavailable_when(lambda exc: isinstance(exc, (RedisConnectionError, RedisTimeoutError)))
 except ImportError:  # pragma: no cover - the extra is not installed
     aioredis = None  # type: ignore[assignment]
 

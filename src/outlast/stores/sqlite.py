@@ -49,6 +49,7 @@ from outlast.stores.base import (
     next_event,
     page_of,
     publish,
+    unavailable_when,
 )
 
 logger = logging.getLogger("outlast.store")
@@ -60,6 +61,14 @@ POLL_BATCH = 1000
 def _last_event(conn: sqlite3.Connection) -> int:
     """Where the poller starts: events written before this store opened are no news to its listeners."""
     return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0])
+
+
+def _locked(exc: BaseException) -> bool:
+    """SQLite locked by another writer beyond the busy timeout: the store is away for now."""
+    return isinstance(exc, sqlite3.OperationalError) and any(word in str(exc) for word in ("locked", "busy"))
+
+
+unavailable_when(_locked)
 
 
 class SQLiteStore:

@@ -26,8 +26,8 @@ from outlast.exceptions import (
     StoreUnavailable,
     Unauthorized,
     UnknownJobName,
-    store_unavailable,
 )
+from outlast.stores.base import store_unavailable
 
 logger = logging.getLogger("outlast.http")
 

@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from outlast.exceptions import store_unavailable
 from outlast.jobs import TERMINAL, Event, Job, JobStatus
 from outlast.parsing import whole_number
+from outlast.stores.base import store_unavailable
 from outlast.web.links import with_links
 from outlast.web.problems import HTTPProblem
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from outlast.admission import Caller
-from outlast.exceptions import OutlastError, UnknownJobName, store_unavailable
+from outlast.exceptions import OutlastError, UnknownJobName
 from outlast.parsing import FINITE, non_finite
+from outlast.stores.base import store_unavailable
 from outlast.web.http import client_address
 from outlast.web.links import job_json, with_links
 from outlast.web.problems import describe
