@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -37,6 +36,7 @@ from tests.integration.test_redis_nodes import (
     Nodes,
     alive,
     assert_one_ending,
+    every_job_ends_once_while_workers_are_killed,
     get_job,
     statuses,
     submit,
@@ -165,51 +165,7 @@ async def test_a_frozen_worker_that_wakes_up_after_its_lease_was_taken_cannot_wr
 
 @pytest.mark.timeout(240)  # each job is three commits, each one fsynced: slower than Redis on a busy machine
 async def test_a_thousand_jobs_end_once_each_while_workers_are_killed_at_random(nodes):
-    total, kills, concurrency = 1000, 4, 32
-    api = nodes.api()
-    workers = [nodes.worker(workers=4, max_attempts=10) for _ in range(2)]
-    kill_at = sorted(random.sample(range(100, total - 100), kills))
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async with asyncio.timeout(220):
-            ids: list[str] = []
-            texts: dict[str, str] = {}
-            submitting = asyncio.Semaphore(concurrency)
-
-            async def one(index: int) -> None:
-                async with submitting:
-                    job = await submit(client, api.url, "echo", {"text": f"job {index}"})
-                    ids.append(job["id"])
-                    texts[job["id"]] = f"job {index}"
-                    if kill_at and len(ids) >= kill_at[0]:
-                        kill_at.pop(0)
-                        victim = random.choice(workers)
-                        victim.kill()
-                        victim.start()
-
-            await asyncio.gather(*(one(index) for index in range(total)))
-            assert not kill_at and len(set(ids)) == total
-
-            reading = asyncio.Semaphore(concurrency)
-
-            async def ended(job_id: str) -> dict[str, Any]:
-                async with reading:
-                    return await wait_terminal(client, api.url, job_id, 60)
-
-            jobs = await asyncio.gather(*(ended(job_id) for job_id in ids))
-            assert [job["status"] for job in jobs] == ["succeeded"] * total, [
-                j for j in jobs if j["status"] != "succeeded"
-            ]
-            for job in jobs:
-                assert job["result"] == [texts[job["id"]]], job
-            for worker in workers:
-                worker.stop()
-
-            async def checked(job_id: str) -> list[Any]:
-                async with reading:
-                    return await assert_one_ending(client, api.url, job_id)
-
-            for log in await asyncio.gather(*(checked(job_id) for job_id in ids)):
-                assert [status for status, _ in statuses(log)][-2:] == ["running", "succeeded"], log
+    await every_job_ends_once_while_workers_are_killed(nodes, timeout_s=220)
 
 
 # -- 5. PostgreSQL restarts ----------------------------------------------------------------------

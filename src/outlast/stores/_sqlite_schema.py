@@ -163,6 +163,7 @@ _V2_JOBS = """CREATE TABLE jobs (
     input TEXT NOT NULL,
     record TEXT NOT NULL
 )"""
+# The columns of version 2 as that migration made them: fixed with it, whatever COLUMNS becomes later.
 _V2_COLUMNS = (
     "qorder",
     "id",
